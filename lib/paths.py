@@ -1,0 +1,118 @@
+"""Where things live. One place, so notebooks, Makefile and tests agree on the layout.
+
+``data/<dataset>/`` holds the lab's layout (inputs, never written by the analysis steps)::
+
+    cl/valid.h5  cl/test.h5  bd/bd_valid.h5  bd/bd_test.h5  bd_net.h5
+
+``results/<dataset>/`` holds what the pipeline computes: ``sweep.csv``, ``goodnet.csv``,
+``goodnet.md``, ``activations.csv``, ``figures/*.png``, ``models/bprime_<t>.h5`` and the
+executed notebooks in ``notebooks/``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Datasets the pipeline knows how to obtain. ``demo`` is built offline; ``csaw-lab3`` is downloaded.
+KNOWN_DATASETS = ("demo", "csaw-lab3")
+
+
+def data_root() -> Path:
+    """``data/`` of the project, or ``$BACKDOOR_DATA_ROOT`` (tests point it at a temporary folder)."""
+    return Path(os.environ.get("BACKDOOR_DATA_ROOT", PROJECT_ROOT / "data"))
+
+
+def results_root() -> Path:
+    """``results/`` of the project, or ``$BACKDOOR_RESULTS_ROOT``."""
+    return Path(os.environ.get("BACKDOOR_RESULTS_ROOT", PROJECT_ROOT / "results"))
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """The five input files of one scenario, in the lab's layout."""
+
+    root: Path
+
+    @property
+    def clean_valid(self) -> Path:
+        return self.root / "cl" / "valid.h5"
+
+    @property
+    def clean_test(self) -> Path:
+        return self.root / "cl" / "test.h5"
+
+    @property
+    def poisoned_valid(self) -> Path:
+        return self.root / "bd" / "bd_valid.h5"
+
+    @property
+    def poisoned_test(self) -> Path:
+        return self.root / "bd" / "bd_test.h5"
+
+    @property
+    def badnet(self) -> Path:
+        return self.root / "bd_net.h5"
+
+    def all(self) -> dict[str, Path]:
+        """Every file by role, in the order the data notebook reports them."""
+        return {
+            "clean_valid": self.clean_valid,
+            "clean_test": self.clean_test,
+            "poisoned_valid": self.poisoned_valid,
+            "poisoned_test": self.poisoned_test,
+            "badnet": self.badnet,
+        }
+
+    def missing(self) -> list[Path]:
+        return [p for p in self.all().values() if not p.is_file()]
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """Everything the pipeline writes for one scenario."""
+
+    root: Path
+
+    @property
+    def activations_csv(self) -> Path:
+        return self.root / "activations.csv"
+
+    @property
+    def sweep_csv(self) -> Path:
+        return self.root / "sweep.csv"
+
+    @property
+    def goodnet_csv(self) -> Path:
+        return self.root / "goodnet.csv"
+
+    @property
+    def goodnet_md(self) -> Path:
+        return self.root / "goodnet.md"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def bprime(self, threshold: float) -> Path:
+        """B' saved when clean validation accuracy had dropped by ``threshold`` points."""
+        return self.models / f"bprime_{format_threshold(threshold)}.h5"
+
+
+def format_threshold(threshold: float) -> str:
+    """``2.0 -> '2'``, ``2.5 -> '2.5'``: thresholds are written as the user wrote them."""
+    return f"{float(threshold):g}"
+
+
+def dataset_files(dataset: str) -> DatasetFiles:
+    return DatasetFiles(data_root() / dataset)
+
+
+def result_files(dataset: str) -> ResultFiles:
+    return ResultFiles(results_root() / dataset)
