@@ -1,0 +1,97 @@
+"""The figures: sample images, channel activations, the pruning sweep and the GoodNet table.
+
+Each function returns a Matplotlib figure (the notebooks show it); ``save_figure`` writes it as
+PNG atomically, without time stamps, so that a rerun writes the same bytes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from lib.atomic import atomic_path
+
+CLEAN_COLOR = "#1f77b4"
+ATTACK_COLOR = "#d62728"
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as PNG atomically, with no metadata that changes between runs."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png", metadata={"Software": None})
+    return path
+
+
+def plot_sample_grid(clean: np.ndarray, triggered: np.ndarray, clean_labels: np.ndarray, triggered_labels: np.ndarray, n: int = 8) -> plt.Figure:
+    """Top row: clean images with their labels; bottom row: triggered images with the label the attacker wants."""
+    n = min(n, len(clean), len(triggered))
+    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.6), squeeze=False)
+    for i in range(n):
+        for row, (images, labels, title) in enumerate(((clean, clean_labels, "clean"), (triggered, triggered_labels, "triggered"))):
+            ax = axes[row, i]
+            ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8))
+            ax.set_title(f"{title}\nlabel {int(labels[i])}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_channel_activations(table: pd.DataFrame, pool_layer: str = "pool_3") -> plt.Figure:
+    """Mean activation of every channel, sorted in pruning order; dormant channels in grey."""
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    colors = np.where(table["dormant"], "#9e9e9e", CLEAN_COLOR)
+    ax.bar(np.arange(len(table)), table["mean_activation"], color=colors, width=0.85)
+    ax.set_xticks(np.arange(len(table)))
+    ax.set_xticklabels(table["channel"], rotation=90, fontsize=6)
+    ax.set_xlabel("channel (in pruning order)")
+    ax.set_ylabel("mean activation on clean validation data")
+    ax.set_title(f"{pool_layer}: {int(table['dormant'].sum())} of {len(table)} channels dormant (grey)")
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], title: str = "") -> plt.Figure:
+    """Clean accuracy and attack success rate against the fraction of channels pruned, with the B' points marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(sweep["fraction"], sweep["clean_accuracy"], color=CLEAN_COLOR, label="clean accuracy (validation)")
+    ax.plot(sweep["fraction"], sweep["attack_success_rate"], color=ATTACK_COLOR, label="attack success rate (validation)")
+    for t, step in thresholds.items():
+        if step is None:
+            continue
+        row = sweep.iloc[step]
+        ax.axvline(row["fraction"], color="#777777", lw=0.8, ls=":")
+        ax.plot([row["fraction"]], [row["clean_accuracy"]], "o", color=CLEAN_COLOR)
+        ax.plot([row["fraction"]], [row["attack_success_rate"]], "o", color=ATTACK_COLOR)
+        ax.annotate(f"-{t:g} pts\n{step} pruned", (row["fraction"], 3), fontsize=7, ha="center")
+    ax.set_xlabel("fraction of channels pruned")
+    ax.set_ylabel("percent")
+    ax.set_ylim(-2, 102)
+    ax.set_xlim(0, 1)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title or "Pruning sweep")
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def plot_goodnet(table: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Test accuracy and attack success rate of B, each B' and each G, side by side."""
+    long = table.melt(id_vars="model", value_vars=["clean_accuracy", "attack_success_rate"], var_name="metric", value_name="percent")
+    long["metric"] = long["metric"].map({"clean_accuracy": "clean test accuracy", "attack_success_rate": "attack success rate"})
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table)), 4))
+    sns.barplot(data=long, x="model", y="percent", hue="metric", palette=[CLEAN_COLOR, ATTACK_COLOR], ax=ax)
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.1f", fontsize=7)
+    ax.set_ylim(0, 108)
+    ax.set_xlabel("")
+    ax.legend(loc="upper center", ncols=2, fontsize=8, bbox_to_anchor=(0.5, -0.08))
+    ax.set_title(title or "GoodNet evaluation (test data)")
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig

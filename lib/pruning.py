@@ -1,0 +1,33 @@
+"""Prune conv channels in a copy of a Keras model: zero the channel's kernel slice and bias.
+
+With a ReLU after the convolution, a zeroed channel outputs exactly 0 everywhere, and so does the
+matching channel of the max-pooling layer after it; ``lib.sweep`` relies on that.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import keras
+import numpy as np
+
+
+def prune_channels(model: keras.Model, conv_layer: str, channels: Iterable[int]) -> keras.Model:
+    """A copy of ``model`` with the given output channels of ``conv_layer`` zeroed (kernel and bias).
+
+    The original model is left untouched.
+    """
+    channels = np.asarray(list(channels), dtype=np.int64)
+    pruned = keras.models.clone_model(model)
+    pruned.set_weights(model.get_weights())
+    conv = pruned.get_layer(conv_layer)
+    n_filters = conv.kernel.shape[-1]
+    if channels.size and (channels.min() < 0 or channels.max() >= n_filters):
+        raise ValueError(f"channels must lie in [0, {n_filters}) for layer {conv_layer!r}, got {channels.tolist()}")
+    kernel = conv.kernel.numpy().copy()
+    kernel[..., channels] = 0.0
+    conv.kernel.assign(kernel)
+    if conv.use_bias:
+        bias = conv.bias.numpy().copy()
+        bias[channels] = 0.0
+        conv.bias.assign(bias)
+    return pruned

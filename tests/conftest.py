@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny models and images built in the tests, and the real CSAW weights when present."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from pathlib import Path  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import layers  # noqa: E402
+
+from lib.paths import PROJECT_ROOT  # noqa: E402
+from lib.reproducibility import make_deterministic  # noqa: E402
+
+CSAW_MODELS = PROJECT_ROOT.parent / "shared" / "csaw-models"
+LAB3_WEIGHTS = CSAW_MODELS / "lab3_bd_weights.h5"
+
+make_deterministic(0)
+
+
+def tiny_deepid(n_classes: int = 7, seed: int = 0, input_shape=(14, 12, 3)) -> keras.Model:
+    """A small network with the CSAW head structure (two heads from pool_3, added), random weights."""
+    keras.utils.set_random_seed(seed)
+    x = keras.Input(input_shape, name="input")
+    h = layers.Conv2D(4, 3, activation="relu", name="conv_1")(x)
+    h = layers.Conv2D(10, 3, activation="relu", name="conv_3")(h)
+    p = layers.MaxPooling2D(2, name="pool_3")(h)
+    c4 = layers.Conv2D(6, 2, activation="relu", name="conv_4")(p)
+    f1 = layers.Dense(12, name="fc_1")(layers.Flatten(name="flatten_1")(p))
+    f2 = layers.Dense(12, name="fc_2")(layers.Flatten(name="flatten_2")(c4))
+    out = layers.Activation("relu", name="activation_1")(layers.Add(name="add_1")([f1, f2]))
+    out = layers.Dense(n_classes, activation="softmax", name="output")(out)
+    return keras.Model(x, out)
+
+
+def tiny_images(n: int, seed: int = 0, shape=(14, 12, 3)) -> np.ndarray:
+    """Whole-number pixels 0-255, float32."""
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape)).astype(np.float32)
+
+
+def smooth_images(n: int, seed: int = 0) -> np.ndarray:
+    """Deterministic stand-in images at the CSAW size: blocky colour fields plus noise, whole numbers 0-255."""
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, (n, 11, 8, 3)).astype(np.float32)
+    x = np.repeat(np.repeat(low, 5, axis=1), 6, axis=2)[:, :55, :47]
+    return np.clip(x + rng.normal(0, 10, x.shape), 0, 255).round().astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def lab3_model() -> keras.Model:
+    if not LAB3_WEIGHTS.is_file():
+        pytest.skip(f"the real CSAW weights are not here ({LAB3_WEIGHTS}); they come with the project's shared/ folder")
+    from lib.models import load_model_file
+
+    return load_model_file(LAB3_WEIGHTS)
+
+
+@pytest.fixture()
+def isolated_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Point data/ and results/ at temporary folders."""
+    data, results = tmp_path / "data", tmp_path / "results"
+    monkeypatch.setenv("BACKDOOR_DATA_ROOT", str(data))
+    monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(results))
+    return data, results

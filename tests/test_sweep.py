@@ -1,0 +1,112 @@
+"""The sweep engine gives exactly the predictions of re-running the pruned Keras model, step for step."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import smooth_images, tiny_deepid, tiny_images
+from keras import layers
+
+from lib.activations import mean_channel_activations, pool_activations, pruning_order
+from lib.errors import InputError
+from lib.sweep import SweepEngine, naive_predictions, threshold_steps, validate_thresholds
+
+
+def _sweep_vs_naive(model, image_sets, batch_size, steps=None, mode="incremental"):
+    pooled = [pool_activations(model, x, "pool_3", batch_size=batch_size, progress=False) for x in image_sets]
+    order = pruning_order(mean_channel_activations(pooled[0]))
+    engine = SweepEngine(model, "conv_3", "pool_3", batch_size=batch_size, mode=mode)
+    fast = engine.predictions(pooled, order, progress=False)
+    steps = range(len(order) + 1) if steps is None else steps
+    naive = naive_predictions(model, "conv_3", image_sets, order, steps, batch_size=batch_size)
+    for k in steps:
+        for s, (f, n) in enumerate(zip(fast, naive[k])):
+            diff = np.flatnonzero(f[k] != n)
+            assert diff.size == 0, f"step {k}, set {s}: images {diff[:10]} differ"
+    return engine, fast
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_incremental_sweep_equals_naive_on_random_models(seed):
+    model = tiny_deepid(seed=seed)
+    engine, _ = _sweep_vs_naive(model, [tiny_images(300, seed), tiny_images(130, seed + 10)], batch_size=64)
+    assert engine.uses_linear_fast_path
+
+
+def test_exact_ties_are_broken_as_keras_does():
+    # Two output classes with identical weights tie exactly for every image: Keras picks the first.
+    model = tiny_deepid(n_classes=5, seed=3)
+    out = model.get_layer("output")
+    kernel, bias = out.get_weights()
+    kernel[:, 4] = kernel[:, 1]
+    bias[4] = bias[1]
+    kernel[:, 1] += 50.0 * np.abs(kernel).max()  # make class 1 (and its twin 4) win often
+    kernel[:, 4] = kernel[:, 1]
+    out.set_weights([kernel, bias])
+    engine, fast = _sweep_vs_naive(model, [tiny_images(200, 5)], batch_size=64)
+    assert engine.rechecked > 0
+    assert not np.any(fast[0] == 4)
+
+
+def test_fallback_for_a_nonlinear_tail_is_exact():
+    keras.utils.set_random_seed(4)
+    x = keras.Input((14, 12, 3))
+    h = layers.Conv2D(4, 3, activation="relu", name="conv_1")(x)
+    h = layers.Conv2D(9, 3, activation="relu", name="conv_3")(h)
+    p = layers.AveragePooling2D(2, name="pool_3")(h)
+    y = layers.Activation("tanh")(p)  # not linear: no incremental fast path
+    y = layers.Dense(6, activation="softmax")(layers.Flatten()(y))
+    model = keras.Model(x, y)
+    engine, _ = _sweep_vs_naive(model, [tiny_images(150, 6), tiny_images(70, 7)], batch_size=32)
+    assert not engine.uses_linear_fast_path and engine.mode == "changed"
+
+
+@pytest.mark.parametrize("mode", ["changed", "tail"])
+def test_all_modes_agree(mode):
+    model = tiny_deepid(seed=8)
+    sets = [tiny_images(200, 8)]
+    pooled = [pool_activations(model, x, "pool_3", batch_size=50, progress=False) for x in sets]
+    order = pruning_order(mean_channel_activations(pooled[0]))
+    a = SweepEngine(model, "conv_3", "pool_3", batch_size=50).predictions(pooled, order, progress=False)
+    b = SweepEngine(model, "conv_3", "pool_3", batch_size=50, mode=mode).predictions(pooled, order, progress=False)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_unaffected_images_are_not_reevaluated():
+    model = tiny_deepid(seed=9)
+    pooled = pool_activations(model, tiny_images(100, 9), "pool_3", progress=False)
+    order = pruning_order(mean_channel_activations(pooled))
+    engine = SweepEngine(model, "conv_3", "pool_3", batch_size=100)
+    engine.predictions([pooled], order, progress=False)
+    affected = sum(int(pooled[..., c].reshape(100, -1).any(axis=1).sum()) for c in order)
+    assert engine.evaluated <= 100 + affected + engine.rechecked * 100
+
+
+def test_real_csaw_weights_sweep_equals_naive_at_every_step(lab3_model):
+    """The acceptance test: the real lab-3 BadNet, 60 channels, two sets with partial last batches."""
+    sets = [smooth_images(700, 0), smooth_images(450, 1)]
+    engine, _ = _sweep_vs_naive(lab3_model, sets, batch_size=256)
+    assert engine.uses_linear_fast_path
+
+
+def test_engine_refuses_models_it_cannot_prune():
+    model = tiny_deepid()
+    with pytest.raises(InputError, match="no layer named 'conv_9'"):
+        SweepEngine(model, "conv_9", "pool_3")
+    with pytest.raises(InputError, match="not a Conv2D"):
+        SweepEngine(model, "pool_3", "pool_3")
+    with pytest.raises(InputError, match="does not read"):
+        SweepEngine(model, "conv_1", "pool_3")
+
+
+def test_threshold_steps_use_exact_counts():
+    # 200 clean images, B gets 196 right: losing 4 images is exactly 2 points, 8 exactly 4.
+    correct = np.array([196, 196, 195, 192, 188, 177, 100])
+    assert threshold_steps(correct, 200, [2, 4, 10]) == {2.0: 3, 4.0: 4, 10.0: 6}
+    assert threshold_steps(correct, 200, [50]) == {50.0: None}
+
+
+@pytest.mark.parametrize("bad", [[], [0, 2], [2, 100], [4, 2], [2, 2]])
+def test_thresholds_are_validated(bad):
+    with pytest.raises(InputError, match="thresholds"):
+        validate_thresholds(bad)
