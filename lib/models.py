@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -38,6 +39,27 @@ def _model_config(path: Path) -> dict | None:
     return json.loads(raw)
 
 
+def _keras_archive_config(path: Path) -> dict:
+    """The architecture stored in a ``.keras`` archive (its ``config.json``), read without deserializing anything."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise InputError(
+            path,
+            f"not a readable .keras model file ({exc.__class__.__name__}: {_first_line(exc)}); "
+            "a truncated or interrupted download looks like this",
+            "delete the file and run `make data` again",
+        ) from None
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, shortened: Keras errors can embed whole weight tensors."""
+    text = str(exc)
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _layer_classes(config: dict) -> list[str]:
     found: list[str] = []
 
@@ -65,9 +87,7 @@ def load_model_file(path: str | Path, allow_unsafe_layers: bool = False, num_cla
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "model file not found", "run the data notebook (`make data DATASET=...`) or place the model there")
-    if path.suffix == ".keras":
-        return _load_full(path, allow_unsafe_layers)
-    config = _model_config(path)
+    config = _keras_archive_config(path) if path.suffix == ".keras" else _model_config(path)
     if config is None:
         model = build_deepid(num_classes)
         try:
@@ -75,7 +95,7 @@ def load_model_file(path: str | Path, allow_unsafe_layers: bool = False, num_cla
         except Exception as exc:  # Keras raises ValueError/KeyError/OSError for foreign files
             raise InputError(
                 path,
-                f"weights do not fit the DeepID architecture with {num_classes} classes ({exc.__class__.__name__}: {exc})",
+                f"weights do not fit the DeepID architecture with {num_classes} classes ({exc.__class__.__name__}: {_first_line(exc)})",
                 "use a CSAW-HackML-2020 weights file, or a full-model file saved with model.save()",
             ) from None
         return model
@@ -100,7 +120,7 @@ def _load_full(path: Path, allow_unsafe_layers: bool) -> keras.Model:
     except Exception as exc:
         raise InputError(
             path,
-            f"Keras could not load this model ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            f"Keras could not load this model ({exc.__class__.__name__}: {_first_line(exc)})",
             "check that it is a Keras model file that is complete (re-download it) and saved by Keras 2.x or 3.x",
         ) from None
 

@@ -30,14 +30,13 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
 def plot_sample_grid(clean: np.ndarray, triggered: np.ndarray, clean_labels: np.ndarray, triggered_labels: np.ndarray, n: int = 8) -> plt.Figure:
     """Top row: clean images with their labels; bottom row: triggered images with the label the attacker wants."""
     n = min(n, len(clean), len(triggered))
-    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 4.0), squeeze=False, gridspec_kw={"hspace": 0.45})
     for i in range(n):
         for row, (images, labels, title) in enumerate(((clean, clean_labels, "clean"), (triggered, triggered_labels, "triggered"))):
             ax = axes[row, i]
             ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8))
             ax.set_title(f"{title}\nlabel {int(labels[i])}", fontsize=8)
             ax.axis("off")
-    fig.tight_layout()
     return fig
 
 
@@ -68,7 +67,7 @@ def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], titl
         ax.axvline(row["fraction"], color="#777777", lw=0.8, ls=":")
         ax.plot([row["fraction"]], [row["clean_accuracy"]], "o", color=CLEAN_COLOR)
         ax.plot([row["fraction"]], [row["attack_success_rate"]], "o", color=ATTACK_COLOR)
-        ax.annotate(f"-{t:g} pts\n{step} pruned", (row["fraction"], 3), fontsize=7, ha="center")
+        ax.annotate(f"-{t:g} pts: {step} pruned", (row["fraction"], 4), fontsize=7, rotation=90, ha="right", va="bottom")
     ax.set_xlabel("fraction of channels pruned")
     ax.set_ylabel("percent")
     ax.set_ylim(-2, 102)

@@ -69,6 +69,8 @@ def run(notebook: Path, output: Path, params: dict, kernel: str | None = None) -
         return 2
     output.parent.mkdir(parents=True, exist_ok=True)
     failed = output.with_suffix(".failed.ipynb")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernel inherits it: no TensorFlow start-up chatter
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures shown in the executed notebook
     env_path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = f"{PROJECT_ROOT}{os.pathsep}{env_path}" if env_path else str(PROJECT_ROOT)
     output.unlink(missing_ok=True)

@@ -1,0 +1,139 @@
+"""The four notebooks, run headlessly by papermill on a small demo scenario, produce the contract's files."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import keras
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib import pipeline
+from lib.paths import PROJECT_ROOT
+from lib.run_notebook import main as run_notebook
+
+NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet"]
+SMALL_DEMO = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, Path]:
+    """Execute the four notebooks once, as `make all` does, into temporary data/ and results/ folders."""
+    base = tmp_path_factory.mktemp("pipeline")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BACKDOOR_DATA_ROOT", str(base / "data"))
+    mp.setenv("BACKDOOR_RESULTS_ROOT", str(base / "results"))
+    try:
+        for name in NOTEBOOKS:
+            params = ["-p", "dataset=demo"]
+            if name == "01_data":
+                params += ["-p", f"demo_recipe={SMALL_DEMO}"]
+            if name == "03_pruning_sweep":
+                params += ["-p", "thresholds=[2, 4, 10]"]
+            rc = run_notebook([str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb"), str(base / "results" / "demo" / "notebooks" / f"{name}.ipynb"), *params])
+            assert rc == 0, f"{name} failed"
+        yield base / "data" / "demo", base / "results" / "demo"
+    finally:
+        mp.undo()
+
+
+def test_notebooks_write_the_contract_files(demo_run):
+    data, results = demo_run
+    for f in ["cl/valid.h5", "cl/test.h5", "bd/bd_valid.h5", "bd/bd_test.h5", "bd_net.h5"]:
+        assert (data / f).is_file(), f
+    for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md"]:
+        assert (results / f).is_file(), f
+    for f in ["samples.png", "activations.png", "sweep.png", "goodnet.png"]:
+        assert (results / "figures" / f).stat().st_size > 1000, f
+    for name in NOTEBOOKS:
+        nb = nbformat.read(results / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    assert not list(results.rglob("*.tmp*")) and not list(data.rglob("*.tmp*"))
+
+
+def test_sweep_csv_follows_the_contract(demo_run):
+    _, results = demo_run
+    sweep = pd.read_csv(results / "sweep.csv")
+    assert list(sweep.columns) == ["pruned", "fraction", "channel", "mean_activation", "clean_accuracy", "attack_success_rate"]
+    assert sweep["pruned"].tolist() == list(range(61))
+    assert pd.isna(sweep.loc[0, "channel"]) and sorted(sweep["channel"][1:].astype(int)) == list(range(60))
+    assert np.all(np.diff(sweep["mean_activation"][1:]) >= 0), "channels pruned in increasing order of activation"
+    assert sweep["clean_accuracy"].between(0, 100).all() and sweep["attack_success_rate"].between(0, 100).all()
+    np.testing.assert_allclose(sweep["fraction"], sweep["pruned"] / 60)
+
+
+def test_bprime_models_match_their_thresholds(demo_run):
+    _, results = demo_run
+    sweep = pd.read_csv(results / "sweep.csv")
+    chosen = pd.read_csv(results / "thresholds.csv")
+    base = sweep.loc[0, "clean_accuracy"]
+    for row in chosen.itertuples():
+        path = results / "models" / f"bprime_{row.threshold:g}.h5"
+        if pd.isna(row.channels_pruned):
+            assert not path.exists()
+            assert (base - sweep["clean_accuracy"] < row.threshold - 1e-9).all()
+            continue
+        k = int(row.channels_pruned)
+        assert base - sweep.loc[k, "clean_accuracy"] >= row.threshold - 1e-9
+        assert (base - sweep.loc[: k - 1, "clean_accuracy"] < row.threshold - 1e-9).all(), "the first such step"
+        model = keras.models.load_model(path, compile=False)
+        kernel = model.get_layer("conv_3").get_weights()[0]
+        pruned = sweep.loc[1:k, "channel"].astype(int).tolist()
+        assert np.all(kernel[..., pruned] == 0) and np.count_nonzero(np.abs(kernel).sum(axis=(0, 1, 2)) == 0) >= k
+
+
+def test_goodnet_csv_follows_the_contract(demo_run):
+    _, results = demo_run
+    table = pd.read_csv(results / "goodnet.csv")
+    assert list(table.columns) == ["model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"]
+    assert table.loc[0, "model"] == "B"
+    chosen = pd.read_csv(results / "thresholds.csv").dropna(subset=["channels_pruned"])
+    expected = ["B"] + [m for t in chosen["threshold"] for m in (f"B'_{t:g}%", f"G_{t:g}%")]
+    assert table["model"].tolist() == expected
+    assert "| model" in (results / "goodnet.md").read_text()
+
+
+def test_triggered_sets_hold_only_non_target_images(demo_run):
+    data, _ = demo_run
+    with h5py.File(data / "bd" / "bd_test.h5") as f:
+        assert np.all(f["label"][()] == 0) and np.all(f["orig_label"][()] != 0)
+
+
+def test_a_failing_notebook_is_kept_apart_and_named(tmp_path, isolated_roots):
+    out = tmp_path / "02.ipynb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lib.run_notebook", str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"), str(out), "-p", "dataset=csaw-lab3"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+    )
+    assert proc.returncode == 1
+    assert not out.exists(), "a failed run must not look like a good one"
+    assert out.with_suffix(".failed.ipynb").is_file()
+    assert "InputError" in proc.stderr and "make data DATASET=csaw-lab3" in proc.stderr
+
+
+def test_unknown_parameters_are_refused(tmp_path):
+    rc = run_notebook([str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"), str(tmp_path / "x.ipynb"), "-p", "datset=demo"])
+    assert rc == 2 and not (tmp_path / "x.ipynb").exists()
+
+
+def test_sweep_is_deterministic(demo_run, isolated_roots):
+    """The same command gives the same numbers: a second sweep writes byte-identical CSVs."""
+    data, results = demo_run
+    new_data, new_results = isolated_roots
+    import shutil
+
+    shutil.copytree(data, new_data / "demo")
+    (new_results / "demo").mkdir(parents=True)
+    shutil.copy(results / "activations.csv", new_results / "demo" / "activations.csv")
+    scenario = pipeline.load_scenario("demo")
+    pipeline.analyse_activations(scenario, progress=False)
+    pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
+    pipeline.evaluate_goodnets(scenario, progress=False)
+    for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md"]:
+        assert (new_results / "demo" / f).read_bytes() == (results / f).read_bytes(), f
