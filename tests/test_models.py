@@ -1,0 +1,288 @@
+"""Models: the CSAW architecture, loading the real weights, atomic saving, and one clear error per bad model file."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from conftest import LAB3_WEIGHTS, tiny_deepid, tiny_images
+from keras import layers
+
+from lib.architecture import CSAW_NUM_CLASSES, PRUNED_CONV, PRUNED_POOL, build_deepid
+from lib.errors import InputError
+from lib.models import check_prunable, load_model_file, num_classes_of, save_model
+
+CSAW_LAYER_NAMES = [
+    "input",
+    "conv_1",
+    "pool_1",
+    "conv_2",
+    "pool_2",
+    "conv_3",
+    "pool_3",
+    "conv_4",
+    "flatten_1",
+    "flatten_2",
+    "fc_1",
+    "fc_2",
+    "add_1",
+    "activation_1",
+    "output",
+]
+
+
+def _assert_input_error(exc_info: pytest.ExceptionInfo, path: Path | str, *phrases: str) -> str:
+    message = str(exc_info.value)
+    assert str(path) in message, message
+    assert "Fix: " in message and exc_info.value.fix.strip(), message
+    for phrase in phrases:
+        assert re.search(phrase, message, re.IGNORECASE), f"{phrase!r} not in: {message}"
+    assert len(message) < 2000, f"message too long to read ({len(message)} characters)"
+    return message
+
+
+def _lambda_model() -> keras.Model:
+    x = keras.Input((14, 12, 3), name="input")
+    h = layers.Lambda(lambda t: t / 255.0, name="scale")(x)
+    h = layers.Flatten()(h)
+    return keras.Model(x, layers.Dense(3, activation="softmax", name="output")(h))
+
+
+@pytest.fixture(scope="module")
+def deepid() -> keras.Model:
+    return build_deepid(CSAW_NUM_CLASSES)
+
+
+# --- architecture --------------------------------------------------------------------------------
+
+
+def test_deepid_has_the_csaw_size_and_layer_names(deepid):
+    assert deepid.count_params() == 601_643
+    assert [layer.name for layer in deepid.layers] == CSAW_LAYER_NAMES
+    assert deepid.input_shape == (None, 55, 47, 3)
+    assert num_classes_of(deepid) == CSAW_NUM_CLASSES
+    check_prunable(deepid, PRUNED_CONV, PRUNED_POOL)
+
+
+def test_layer_names_match_the_real_weights_file():
+    if not LAB3_WEIGHTS.is_file():
+        pytest.skip(f"the real CSAW weights are not here ({LAB3_WEIGHTS}); they come with the project's shared/ folder")
+    with h5py.File(LAB3_WEIGHTS, "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["layer_names"]]
+    assert names == CSAW_LAYER_NAMES
+
+
+def test_real_weights_load_layer_by_layer(lab3_model):
+    assert lab3_model.count_params() == 601_643
+    compared = []
+    with h5py.File(LAB3_WEIGHTS, "r") as f:
+        for layer in lab3_model.layers:
+            weights = layer.get_weights()
+            if not weights:
+                assert layer.name not in f or not f[layer.name].keys(), f"{layer.name} has weights in the file"
+                continue
+            group = f[layer.name][layer.name]
+            kernel, bias = weights
+            np.testing.assert_array_equal(kernel, group["kernel:0"][()], err_msg=f"{layer.name} kernel")
+            np.testing.assert_array_equal(bias, group["bias:0"][()], err_msg=f"{layer.name} bias")
+            compared.append(layer.name)
+    assert compared == ["conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output"]
+
+
+# --- saving --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_saved_model_loads_with_plain_keras_and_predicts_identically(tmp_path, suffix):
+    model = tiny_deepid(seed=4)
+    images = tiny_images(9, seed=4)
+    path = save_model(model, tmp_path / "models" / f"bprime_2{suffix}")
+    assert path == tmp_path / "models" / f"bprime_2{suffix}"
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "a temporary file was left beside the model"
+
+    reloaded = keras.models.load_model(path, compile=False)
+    np.testing.assert_array_equal(reloaded.predict(images, verbose=0), model.predict(images, verbose=0))
+    via_lib = load_model_file(path)
+    np.testing.assert_array_equal(via_lib.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+def test_save_model_replaces_an_existing_file(tmp_path):
+    path = tmp_path / "m.h5"
+    save_model(tiny_deepid(seed=1), path)
+    second = tiny_deepid(seed=2)
+    save_model(second, path)
+    images = tiny_images(3)
+    np.testing.assert_array_equal(keras.models.load_model(path, compile=False).predict(images, verbose=0), second.predict(images, verbose=0))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]
+
+
+def _disk_full(model: keras.Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    def save(filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"\x89HDF\r\n\x1a\n half a model")  # something was written before the disk filled
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(model, "save", save)
+
+
+def test_save_model_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
+    model = tiny_deepid()
+    _disk_full(model, monkeypatch)
+    target = tmp_path / "models" / "bprime_2.h5"
+    with pytest.raises(OSError, match="No space left on device"):
+        save_model(model, target)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == [], "a temporary file was left behind"
+
+
+def test_save_model_on_a_full_disk_keeps_the_previous_model(tmp_path, monkeypatch):
+    target = tmp_path / "bprime_2.h5"
+    save_model(tiny_deepid(seed=1), target)
+    before = target.read_bytes()
+    model = tiny_deepid(seed=2)
+    _disk_full(model, monkeypatch)
+    with pytest.raises(OSError):
+        save_model(model, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bprime_2.h5"]
+
+
+# --- bad model files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bd_net.h5", "bd_net.keras"])
+def test_model_file_missing(tmp_path, name):
+    path = tmp_path / name
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "not found", "make data")
+
+
+@pytest.mark.parametrize("name", ["bd_net.h5", "bd_net.keras"])
+def test_text_file_as_model(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("<html>quota exceeded</html>\n")
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "not a readable", "delete the file|re-download")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_truncated_full_model(tmp_path, suffix):
+    path = save_model(tiny_deepid(), tmp_path / f"bd_net{suffix}")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "truncated|not a readable|could not load", "make data|re-download")
+
+
+def test_truncated_weights_file(tmp_path):
+    if not LAB3_WEIGHTS.is_file():
+        pytest.skip(f"the real CSAW weights are not here ({LAB3_WEIGHTS}); they come with the project's shared/ folder")
+    raw = LAB3_WEIGHTS.read_bytes()
+    path = tmp_path / "bd_weights.h5"
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "truncated|not a readable|do not fit", "make data|weights file")
+
+
+@pytest.mark.filterwarnings("ignore:Skipping nested container")
+def test_keras3_weights_of_another_architecture(tmp_path):
+    path = tmp_path / "tiny.weights.h5"
+    tiny_deepid().save_weights(path)
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "do not fit the DeepID architecture with 1283 classes", "CSAW-HackML-2020 weights file")
+
+
+def test_csaw_format_weights_of_another_architecture(tmp_path):
+    from keras.src.legacy.saving import legacy_h5_format
+
+    path = tmp_path / "tiny_weights.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, tiny_deepid())
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "do not fit the DeepID architecture")
+
+
+def test_csaw_format_weights_with_another_class_count(tmp_path):
+    from keras.src.legacy.saving import legacy_h5_format
+
+    path = tmp_path / "ten_class_weights.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, build_deepid(10))
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "1283 classes")
+    assert num_classes_of(load_model_file(path, num_classes=10)) == 10
+
+
+def test_hdf5_with_unrelated_groups(tmp_path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("experiment").create_dataset("loss", data=np.arange(5.0))
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "do not fit", "CSAW-HackML-2020 weights file")
+
+
+def test_image_set_given_as_model(tmp_path):
+    path = tmp_path / "valid.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=np.zeros((2, 3, 55, 47), np.float32))
+        f.create_dataset("label", data=np.zeros(2, np.float32))
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "do not fit")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_lambda_layer_is_refused_unless_allowed(tmp_path, suffix):
+    model = _lambda_model()
+    path = save_model(model, tmp_path / f"bd_net{suffix}")
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "Lambda", "allow_unsafe_layers=True")
+
+    loaded = load_model_file(path, allow_unsafe_layers=True)
+    assert any(isinstance(layer, layers.Lambda) for layer in loaded.layers)
+    images = tiny_images(4)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6)
+
+
+# --- check_prunable ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny() -> keras.Model:
+    return tiny_deepid()
+
+
+def test_check_prunable_accepts_conv_3_and_pool_3(tiny):
+    check_prunable(tiny, "conv_3", "pool_3", path="bd_net.h5")
+
+
+@pytest.mark.parametrize(("conv", "pool", "missing"), [("conv_9", "pool_3", "conv_9"), ("conv_3", "pool_9", "pool_9")])
+def test_check_prunable_missing_layer(tiny, conv, pool, missing):
+    with pytest.raises(InputError) as info:
+        check_prunable(tiny, conv, pool, path="bd_net.h5")
+    message = _assert_input_error(info, "bd_net.h5", f"no layer named '{missing}'", "conv_layer=.*pool_layer=")
+    assert "conv_3" in message and "pool_3" in message, "the message lists the layers there are"
+
+
+def test_check_prunable_layer_is_not_a_conv(tiny):
+    with pytest.raises(InputError) as info:
+        check_prunable(tiny, "fc_1", "pool_3", path="bd_net.h5")
+    _assert_input_error(info, "bd_net.h5", "'fc_1' is a Dense, not a Conv2D", "conv_layer=")
+
+
+def test_check_prunable_pool_channels_do_not_match(tiny):
+    # conv_1 has 4 filters, pool_3 sees conv_3's 10 channels.
+    with pytest.raises(InputError) as info:
+        check_prunable(tiny, "conv_1", "pool_3", path="bd_net.h5")
+    _assert_input_error(info, "bd_net.h5", "'pool_3' has 10 input channels but 'conv_1' has 4 filters", "directly follows")
