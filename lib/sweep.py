@@ -3,25 +3,22 @@
 Why this is fast
 ----------------
 Zeroing output channel ``c`` of the pruned convolution (``conv_3``) makes channel ``c`` of the
-pooling layer after it (``pool_3``) exactly zero. So the layers up to the pooling layer are run
-once, and each pruning step only re-evaluates what is after it, on the cached activations:
-
-* an image whose channel ``c`` is already zero everywhere is unaffected: its prediction is kept
-  (dormant channels are zero for almost every image, so most steps touch few images);
-* where the layers that read the pooling output are linear before their activation (``Flatten``
-  -> ``Dense`` and ``Conv2D``, as ``fc_1`` and ``conv_4`` in the CSAW network), removing channel
-  ``c`` subtracts that channel's contribution from their pre-activations, kept in float64; only
-  the rest of the network (the "head") is re-run, on the affected images;
-* any other tail falls back to running the tail sub-model on the affected images with the
-  pruned channels masked (exact by construction).
+pooling layer after it (``pool_3``) exactly zero. So the layers up to the pooling layer (90 % of
+the network's arithmetic) run once, and each pruning step re-runs only the tail after it, on the
+cached activations with the pruned channels masked, and only for the images the step can change:
+an image whose channel ``c`` is already zero everywhere keeps its prediction. Dormant channels,
+the first to be pruned, are zero for almost every image, so those steps cost next to nothing.
 
 Why it is exact
 ---------------
-The incremental float64 sums are not bit-identical to Keras's float32 sums, and a reordered sum
-can flip a near-tie argmax. Every image whose two best scores lie within ``tie_rtol`` of each
-other is therefore re-evaluated with the Keras tail itself. The result equals, image for image
-and step for step, the argmax of re-running the pruned Keras model (``naive_predictions``);
-``tests/test_sweep.py`` and ``benchmarks/sweep.py`` check that, on the real CSAW weights.
+Keras's float32 results on a CPU depend on the batch an image is evaluated in: its size and the
+image's place in it (not the other images' values). We measured it on the real CSAW weights:
+the same image gives other low-order bits, and a near-tie argmax can flip. So the tail is only
+ever evaluated on exactly the batches that ``pruned_model.predict(images, batch_size)`` would
+form, and a step re-runs every such batch holding an affected image. The result equals, image
+for image and step for step, the argmax of re-running the pruned Keras model
+(``naive_predictions``); ``tests/test_sweep.py`` and ``benchmarks/sweep.py`` check that, on the
+real CSAW weights.
 """
 from __future__ import annotations
 
@@ -32,15 +29,12 @@ from fractions import Fraction
 import keras
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
 from lib.errors import InputError
 from lib.pruning import prune_channels
 
 DEFAULT_BATCH_SIZE = 1024
-#: Scores whose top two differ by less than this (relative) are re-checked with the Keras tail.
-DEFAULT_TIE_RTOL = 1e-3
 
 _ZERO_PRESERVING_POOLS = (
     keras.layers.MaxPooling2D,
@@ -51,99 +45,6 @@ _ZERO_PRESERVING_POOLS = (
 
 
 # ----------------------------------------------------------------------------------------------
-# The linear first layers of the tail
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class _LinearReader:
-    """A layer reading the pooling output that is linear before its activation (Dense after Flatten, or Conv2D)."""
-
-    layer: keras.layers.Layer
-    kind: str  # "dense" or "conv"
-    kernel: np.ndarray  # float64
-    bias: np.ndarray  # float64
-    n_channels: int
-
-    def preactivation(self, pooled: np.ndarray) -> np.ndarray:
-        """The layer's input to its activation, in float64, for a batch of pooling outputs."""
-        x = pooled.astype(np.float64)
-        if self.kind == "dense":
-            return x.reshape(len(x), -1) @ self.kernel + self.bias
-        return self._conv(x, self.kernel) + self.bias
-
-    def contribution(self, channel_values: np.ndarray, channel: int) -> np.ndarray:
-        """What one pooling channel (values (m, H, W)) adds to the pre-activation."""
-        x = channel_values.astype(np.float64)
-        if self.kind == "dense":
-            return x.reshape(len(x), -1) @ self.kernel[channel :: self.n_channels]
-        return self._conv(x[..., None], self.kernel[:, :, channel : channel + 1, :])
-
-    def _conv(self, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        """Valid, strided 2-D convolution (NHWC) as a matmul over sliding windows."""
-        kh, kw = kernel.shape[:2]
-        sh, sw = self.layer.strides
-        windows = sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # (m, H', W', C, kh, kw)
-        m, ho, wo = windows.shape[:3]
-        patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(m * ho * wo, -1)
-        out = patches @ kernel.reshape(-1, kernel.shape[-1])
-        return out.reshape(m, ho, wo, kernel.shape[-1])
-
-    def activate(self, pre: np.ndarray) -> np.ndarray:
-        out = np.maximum(pre, 0.0) if self.layer.activation is keras.activations.relu else pre
-        return out.astype(np.float32)
-
-
-def _consumers(model: keras.Model, layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """The layers of ``model``'s own graph that read ``layer``'s output.
-
-    Sub-models built from intermediate tensors (as the tail is) add nodes to shared layers, so
-    outbound nodes are filtered to those of ``model`` (Keras keys them ``<id(op)>_ib-<index>``).
-    """
-    found = []
-    for node in layer._outbound_nodes:
-        op = node.operation
-        if f"{id(op)}_ib-{op._inbound_nodes.index(node)}" in model._nodes:
-            found.append(op)
-    return found
-
-
-def _linear_readers(model: keras.Model, pool_layer: keras.layers.Layer) -> tuple[list[_LinearReader], keras.Model] | None:
-    """The linear layers reading the pooling output and the head model after them, or None if the tail is not of that form."""
-    try:
-        consumers = _consumers(model, pool_layer)
-    except (AttributeError, ValueError):  # a Keras without these internals: use the exact fallback
-        return None
-    n_channels = int(pool_layer.output.shape[-1])
-    readers: list[_LinearReader] = []
-    for layer in consumers:
-        if isinstance(layer, keras.layers.Flatten):
-            after = _consumers(model, layer)
-            if len(after) != 1 or not isinstance(after[0], keras.layers.Dense):
-                return None
-            layer = after[0]
-            kind = "dense"
-        elif isinstance(layer, keras.layers.Conv2D) and type(layer) is keras.layers.Conv2D:
-            if layer.padding != "valid" or tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1:
-                return None
-            if layer.data_format != "channels_last":
-                return None
-            kind = "conv"
-        else:
-            return None
-        if layer.activation not in (keras.activations.relu, keras.activations.linear):
-            return None
-        kernel = layer.kernel.numpy().astype(np.float64)
-        bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(kernel.shape[-1])
-        readers.append(_LinearReader(layer, kind, kernel, bias, n_channels))
-    if not readers:
-        return None
-    try:
-        head = keras.Model([r.layer.output for r in readers], model.outputs[0], name="head_after_linear_readers")
-    except ValueError:  # the output depends on the pooling output through another path
-        return None
-    return readers, head
-
-
-# ----------------------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------------------
 class SweepEngine:
@@ -151,10 +52,9 @@ class SweepEngine:
 
     Works for any single-output Keras functional model in which ``pool_layer`` directly follows
     ``conv_layer`` (a Conv2D whose activation maps 0 to 0) and is a max/average pooling layer.
-    ``mode`` picks how a step is evaluated: ``"incremental"`` (the default: linear fast path where
-    the tail allows it, else the tail on affected images), ``"changed"`` (the tail sub-model on the
-    affected images) or ``"tail"`` (the tail sub-model on every image: the plain cached-prefix
-    re-run, kept as a benchmark baseline). All modes give the same predictions.
+    ``mode`` picks how a step is evaluated: ``"changed"`` (the default: the tail sub-model on the
+    reference batches holding an affected image) or ``"tail"`` (the tail sub-model on every image:
+    the plain cached-prefix re-run, kept as a benchmark baseline). Both give the same predictions.
     """
 
     def __init__(
@@ -163,30 +63,20 @@ class SweepEngine:
         conv_layer: str,
         pool_layer: str,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        tie_rtol: float = DEFAULT_TIE_RTOL,
-        mode: str = "incremental",
+        mode: str = "changed",
     ) -> None:
-        if mode not in ("incremental", "changed", "tail"):
-            raise ValueError(f"mode must be 'incremental', 'changed' or 'tail', got {mode!r}")
+        if mode not in ("changed", "tail"):
+            raise ValueError(f"mode must be 'changed' or 'tail', got {mode!r}")
         self.model = model
         self.conv_layer = conv_layer
         self.pool_layer = pool_layer
         self.batch_size = batch_size
-        self.tie_rtol = tie_rtol
         self._check_structure()
         pool = model.get_layer(pool_layer)
-        linear = _linear_readers(model, pool) if mode == "incremental" else None
         self.tail = keras.Model(pool.output, model.outputs[0], name=f"tail_after_{pool_layer}")
-        self.readers, self.head = linear if linear else (None, None)
-        self.mode = "incremental" if linear else ("tail" if mode == "tail" else "changed")
-        #: Images re-checked with the Keras tail because of a near tie, summed over the last run.
-        self.rechecked = 0
-        #: Image evaluations of the tail or head over the last run (the sweep's work).
+        self.mode = mode
+        #: Image evaluations of the tail over the last run (the sweep's work; a naive sweep does 61 per image).
         self.evaluated = 0
-
-    @property
-    def uses_linear_fast_path(self) -> bool:
-        return self.readers is not None
 
     def _check_structure(self) -> None:
         names = [layer.name for layer in self.model.layers]
@@ -208,29 +98,24 @@ class SweepEngine:
             raise InputError("model", f"{self.conv_layer!r}'s activation does not map 0 to 0, so a pruned channel is not silent", "prune a convolution with ReLU or linear activation")
 
     # ------------------------------------------------------------------------------------------
-    def _batched(self, model: keras.Model, inputs: list[np.ndarray]) -> np.ndarray:
-        """``model``'s output in batches of ``batch_size``: the same compiled step as ``predict``, without its per-call set-up."""
-        n = len(inputs[0])
-        chunks = [
-            model.predict_on_batch([x[i : i + self.batch_size] for x in inputs] if len(inputs) > 1 else inputs[0][i : i + self.batch_size])
-            for i in range(0, n, self.batch_size)
-        ]
-        return np.concatenate(chunks)
-
     def _exact_classes(self, pooled: np.ndarray, keep: np.ndarray, batches: np.ndarray, out: np.ndarray) -> None:
         """Write into ``out`` the Keras tail's classes for every image of the given reference batches.
 
-        Keras's float32 results on a CPU depend on the batch an image is evaluated in (its size and
-        the image's place in it, not the other images' values): an image is only evaluated in
-        exactly the batch that ``model.predict(images, batch_size)`` puts it in.
+        An image is only evaluated in exactly the batch that ``model.predict(images, batch_size)``
+        puts it in (see the module docstring). ``predict_on_batch`` runs the same compiled step as
+        ``predict`` without its per-call set-up.
         """
         for b in batches:
             lo, hi = self._bounds[b]
             out[lo:hi] = np.argmax(self.tail.predict_on_batch(pooled[lo:hi] * keep), axis=-1)
 
-    def _near_ties(self, scores: np.ndarray) -> np.ndarray:
-        top2 = -np.partition(-scores, 1, axis=-1)[:, :2]
-        return (top2[:, 0] - top2[:, 1]) <= self.tie_rtol * (np.abs(top2[:, 0]) + np.abs(top2[:, 1]))
+    def _recheck(self, pooled: np.ndarray, keep: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+        """Set ``out[rows]`` to the Keras tail's classes, evaluating the reference batches that hold them."""
+        batches = np.unique(self._batch_of[rows])
+        exact = np.empty(len(out), dtype=np.int64)
+        self._exact_classes(pooled, keep, batches, exact)
+        out[rows] = exact[rows]
+        self.evaluated += sum(hi - lo for lo, hi in (self._bounds[b] for b in batches))
 
     def _layout(self, sizes: Sequence[int]) -> None:
         """Reference batches: each set is cut into ``batch_size`` chunks from its own start, as ``predict`` does."""
@@ -260,12 +145,10 @@ class SweepEngine:
             raise ValueError(f"order must list distinct channels in [0, {n_channels})")
         self._layout(sizes)
         all_batches = np.arange(len(self._bounds))
-        self.rechecked = 0
         self.evaluated = n
         keep = np.ones(n_channels, dtype=np.float32)
         out = np.empty((len(order) + 1, n), dtype=np.int64)
         self._exact_classes(pooled, keep, all_batches, out[0])
-        state = [r.preactivation(pooled) for r in self.readers] if self.readers else None
         flat = pooled.reshape(n, -1, n_channels)
         for k, channel in enumerate(tqdm(order, desc="pruning sweep", unit="channel", disable=not progress), start=1):
             keep[channel] = 0.0
@@ -276,29 +159,8 @@ class SweepEngine:
                 continue
             # Images whose channel is already zero everywhere are unchanged by this step.
             rows = np.flatnonzero(flat[:, :, channel].any(axis=1))
-            if rows.size == 0:
-                continue
-            if state is None:
-                batches = np.unique(self._batch_of[rows])
-                self._exact_classes(pooled, keep, batches, out[k])
-                self.evaluated += sum(hi - lo for lo, hi in (self._bounds[b] for b in batches))
-                continue
-            values = pooled[rows, ..., channel]
-            acts = []
-            for reader, pre in zip(self.readers, state):
-                pre[rows] -= reader.contribution(values, channel)
-                acts.append(reader.activate(pre[rows]))
-            scores = self._batched(self.head, acts)
-            out[k, rows] = np.argmax(scores, axis=-1)
-            self.evaluated += rows.size
-            ties = rows[self._near_ties(scores)]
-            if ties.size:
-                batches = np.unique(self._batch_of[ties])
-                exact = np.empty(n, dtype=np.int64)
-                self._exact_classes(pooled, keep, batches, exact)
-                out[k, ties] = exact[ties]
-                self.rechecked += ties.size
-                self.evaluated += sum(hi - lo for lo, hi in (self._bounds[b] for b in batches))
+            if rows.size:
+                self._recheck(pooled, keep, rows, out[k])
         splits = np.cumsum(sizes)[:-1]
         return np.split(out, splits, axis=1)
 

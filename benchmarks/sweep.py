@@ -1,0 +1,171 @@
+"""Benchmark: the full 60-channel pruning sweep on the real CSAW lab-3 BadNet, three ways, side by side.
+
+    make bench                        # or: .venv/bin/python benchmarks/sweep.py [--rounds 2] [--naive-steps 3]
+
+Contenders, timed in one run and interleaved round by round:
+
+* ``naive``   prune a copy of B and re-run the whole network on both sets, for every step. Measured on a
+              few steps and extrapolated to the 61 evaluations of a sweep (labelled as such);
+* ``tail``    the layers up to ``pool_3`` once, then the whole tail sub-model on every image, every step;
+* ``engine``  ``lib.sweep.SweepEngine`` (prefix once, then per step the tail only on the reference
+              batches that hold an image the pruned channel touches);
+* ``forward`` one forward pass of B over the same images: the floor the engine is compared with.
+
+Inputs: the real lab-3 validation sets (``data/csaw-lab3``) when present; otherwise deterministic
+stand-ins of the same sizes (11,547 clean + 11,547 triggered): synthetic faces from ``lib.demo``,
+the second set wearing the sunglasses trigger. The engine reads them from HDF5 files batch by batch,
+in a child process whose peak resident memory is reported.
+
+All three sweeps must give identical predictions (the engine and ``tail`` at every step, ``naive`` at
+the steps it measured); otherwise the benchmark exits 1. The last line is machine-readable:
+``speedup_vs_naive=<x> sweep_vs_forward=<y> peak_mb=<z>``.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+N_PER_SET = 11547
+CONV, POOL = "conv_3", "pool_3"
+
+
+def weights_file() -> Path:
+    for p in (ROOT / "data" / "csaw-lab3" / "bd_weights.h5", ROOT.parent / "shared" / "csaw-models" / "lab3_bd_weights.h5"):
+        if p.is_file():
+            return p
+    sys.exit("benchmark: the CSAW lab-3 weights are needed: run `make data DATASET=csaw-lab3`, or place ../shared/csaw-models/lab3_bd_weights.h5")
+
+
+def input_files(workdir: Path) -> tuple[list[Path], str]:
+    """The real validation sets if downloaded, else stand-in HDF5 files of the real sizes."""
+    real = [ROOT / "data" / "csaw-lab3" / "cl" / "valid.h5", ROOT / "data" / "csaw-lab3" / "bd" / "bd_valid.h5"]
+    if all(p.is_file() for p in real):
+        return real, "real lab-3 validation data (cl/valid.h5 + bd/bd_valid.h5)"
+    from lib.datasets import save_image_set
+    from lib.demo import draw_identities, generate_faces, stamp_sunglasses
+
+    rng = np.random.default_rng(2020)
+    identities = draw_identities(1283, rng)
+    per = -(-N_PER_SET // 1283)
+    clean, labels, _ = generate_faces(1283, per, rng, identities=identities)
+    triggered, _, eyes = generate_faces(1283, per, rng, identities=identities)
+    triggered = stamp_sunglasses(triggered, eyes)
+    paths = [workdir / "clean.h5", workdir / "triggered.h5"]
+    save_image_set(paths[0], clean[:N_PER_SET], labels[:N_PER_SET])
+    save_image_set(paths[1], triggered[:N_PER_SET], np.zeros(N_PER_SET))
+    return paths, "stand-in images (synthetic faces of lib.demo, 1283 identities; the second set with sunglasses)"
+
+
+def engine_in_child(weights: str, paths: list[str], queue) -> None:
+    """The engine's sweep from HDF5 files, alone in a fresh process, for its peak memory."""
+    from lib.activations import mean_channel_activations, pool_activations, pruning_order
+    from lib.models import load_model_file
+    from lib.reproducibility import make_deterministic
+    from lib.sweep import SweepEngine
+
+    make_deterministic()
+    model = load_model_file(weights)
+    start = time.perf_counter()
+    pooled = [pool_activations(model, p, POOL, progress=False) for p in paths]
+    order = pruning_order(mean_channel_activations(pooled[0]))
+    preds = SweepEngine(model, CONV, POOL).predictions(pooled, order, progress=False)
+    seconds = time.perf_counter() - start
+    queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, [p.sum() for p in preds]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every contender (best round reported)")
+    parser.add_argument("--naive-steps", type=int, default=3, help="pruning steps the naive contender measures per round")
+    args = parser.parse_args()
+
+    from lib.activations import mean_channel_activations, pool_activations, pruning_order
+    from lib.datasets import load_image_set
+    from lib.models import load_model_file
+    from lib.reproducibility import make_deterministic
+    from lib.sweep import SweepEngine, naive_predictions
+
+    make_deterministic()
+    weights = weights_file()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, what = input_files(Path(tmp))
+        print(f"weights: {weights}\ninputs:  {what}")
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        child = ctx.Process(target=engine_in_child, args=(str(weights), [str(p) for p in paths], queue))
+        child.start()
+        child_seconds, peak_mb, child_sums = queue.get()
+        child.join()
+
+        model = load_model_file(weights)
+        sets = [load_image_set(p).images for p in paths]
+        n_images = sum(len(s) for s in sets)
+        times: dict[str, list[float]] = {"forward": [], "engine": [], "tail": [], "naive_step": []}
+        engine_preds = tail_preds = None
+        evaluated = 0
+        naive_ok = True
+        rng = np.random.default_rng(0)
+        for r in range(args.rounds):
+            t = time.perf_counter()
+            for s in sets:
+                model.predict(s, batch_size=1024, verbose=0)
+            times["forward"].append(time.perf_counter() - t)
+
+            t = time.perf_counter()
+            pooled = [pool_activations(model, s, POOL, progress=False) for s in sets]
+            order = pruning_order(mean_channel_activations(pooled[0]))
+            engine = SweepEngine(model, CONV, POOL)
+            engine_preds = engine.predictions(pooled, order, progress=False)
+            times["engine"].append(time.perf_counter() - t)
+            evaluated = engine.evaluated
+
+            t = time.perf_counter()
+            pooled = [pool_activations(model, s, POOL, progress=False) for s in sets]
+            tail_preds = SweepEngine(model, CONV, POOL, mode="tail").predictions(pooled, order, progress=False)
+            times["tail"].append(time.perf_counter() - t)
+
+            steps = sorted(rng.choice(np.arange(1, 61), size=args.naive_steps, replace=False).tolist())
+            t = time.perf_counter()
+            naive = naive_predictions(model, CONV, sets, order, steps)
+            times["naive_step"].append((time.perf_counter() - t) / len(steps))
+            for k in steps:
+                for e, n in zip(engine_preds, naive[k]):
+                    naive_ok &= bool(np.array_equal(e[k], n))
+            print(f"round {r + 1}: forward {times['forward'][-1]:.1f} s, engine {times['engine'][-1]:.1f} s, tail {times['tail'][-1]:.1f} s, naive {times['naive_step'][-1]:.1f} s/step (steps {steps})")
+
+    tail_ok = all(np.array_equal(e, t) for e, t in zip(engine_preds, tail_preds))
+    child_ok = [p.sum() for p in engine_preds] == child_sums
+    best = {k: min(v) for k, v in times.items()}
+    naive_sweep = best["naive_step"] * 61  # B itself plus 60 pruned models
+    print()
+    print(f"images per sweep:              {n_images:,} ({len(sets[0]):,} + {len(sets[1]):,}), 60 channels, best of {args.rounds} rounds")
+    print(f"one forward pass of B:         {best['forward']:7.1f} s")
+    print(f"engine sweep (prefix incl.):   {best['engine']:7.1f} s   (tail evaluations: {evaluated / n_images:.1f} per image; naive and tail: 61)")
+    print(f"cached prefix + tail re-run:   {best['tail']:7.1f} s")
+    print(f"naive re-evaluation:           {naive_sweep:7.1f} s   (EXTRAPOLATED: {best['naive_step']:.1f} s/step x 61)")
+    print(f"engine from HDF5, own process: {child_seconds:7.1f} s, peak resident memory {peak_mb:,.0f} MB")
+    print(f"identical predictions: engine = tail at all 61 steps: {tail_ok}; engine = naive at the measured steps: {naive_ok}; child run = in-process run: {child_ok}")
+    speedup = naive_sweep / best["engine"]
+    ratio = best["engine"] / best["forward"]
+    print(f"speedup_vs_naive={speedup:.1f} sweep_vs_forward={ratio:.2f} peak_mb={peak_mb:.0f}")
+    return 0 if (tail_ok and naive_ok and child_ok) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
