@@ -5,6 +5,8 @@ The notebooks in ``notebooks/`` are thin: every step they show lives in one of t
 ========================  =====================================================================
 module                    what it holds
 ========================  =====================================================================
+``lib.pipeline``          the four steps the notebooks run, one function each: start reading here
+``lib.run_notebook``      run a notebook headlessly with papermill; failed runs kept apart
 ``lib.errors``            ``InputError``: the one exception type that names a file and a fix
 ``lib.atomic``            write-to-temp-then-rename, so nothing half-written is ever left behind
 ``lib.paths``             where each dataset's files and results live
@@ -15,7 +17,7 @@ module                    what it holds
 ``lib.download``          the real ``csaw-lab3`` data: gdown + GitHub, SHA-256 checked
 ``lib.demo``              the offline demo scenario: synthetic faces, a sunglasses BadNet
 ``lib.activations``       mean activation of every channel of the last pooling layer
-``lib.sweep``             the pruning sweep engine (fast and exact) and the naive reference
+``lib.sweep``             the pruning sweep engine (cached prefix, exact) and the naive reference
 ``lib.pruning``           zero conv channels in a copy of a Keras model
 ``lib.goodnet``           the repaired network G and its evaluation table
 ``lib.metrics``           clean accuracy and attack success rate
