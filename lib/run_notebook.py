@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def run(notebook: Path, output: Path, params: dict, kernel: str | None = None) -
         print(f"run_notebook: {notebook} has no parameter(s) {sorted(unknown)}; see its parameters cell", file=sys.stderr)
         return 2
     output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in output.parent.glob(f".{output.stem}.*.tmp*"):  # left by a run that was killed (SIGKILL)
+        stale.unlink(missing_ok=True)
     failed = output.with_suffix(".failed.ipynb")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernel inherits it: no TensorFlow start-up chatter
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures shown in the executed notebook
@@ -91,6 +94,10 @@ def run(notebook: Path, output: Path, params: dict, kernel: str | None = None) -
     return 0
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through atomic_path, which removes its temporary file
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebook", type=Path)
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return run(args.notebook, args.output, parse_parameters(args.param), args.kernel)
 
 

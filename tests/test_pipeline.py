@@ -137,3 +137,24 @@ def test_sweep_is_deterministic(demo_run, isolated_roots):
     pipeline.evaluate_goodnets(scenario, progress=False)
     for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md"]:
         assert (new_results / "demo" / f).read_bytes() == (results / f).read_bytes(), f
+
+
+def test_an_interrupted_run_leaves_nothing_and_reruns_cleanly(demo_run, tmp_path, monkeypatch):
+    """Killing a notebook run midway (as Ctrl-C on `make all` does) leaves no output; the rerun succeeds."""
+    import signal
+    import time
+
+    data, results = demo_run
+    monkeypatch.setenv("BACKDOOR_DATA_ROOT", str(data.parent))
+    monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(results.parent))
+    out = tmp_path / "nb" / "02_activations.ipynb"
+    cmd = [sys.executable, "-m", "lib.run_notebook", str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"), str(out), "-p", "dataset=demo"]
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list(out.parent.glob(".*.tmp*")) and time.time() < deadline:  # wait until it is writing
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    assert not out.exists() and not list(out.parent.glob(".*.tmp*"))
+    assert subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True).returncode == 0
+    assert out.is_file()
