@@ -28,6 +28,7 @@ import numpy as np
 
 from lib.atomic import write_text
 from lib.datasets import IMAGE_SHAPE_NHWC, save_image_set
+from lib.metrics import accuracy
 from lib.paths import DatasetFiles
 
 #: Bump whenever the generator, the trigger or the training changes what a recipe produces:
@@ -485,15 +486,9 @@ def train_badnet(data: DemoData, recipe: DemoRecipe, progress: bool = True):
     return model
 
 
-def _predicted_classes(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Most likely class of every image, in batches (no Keras progress output)."""
-    out = [np.argmax(model(images[i : i + batch_size], training=False).numpy(), axis=1) for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-
 def _percent_equal(predicted: np.ndarray, expected: np.ndarray) -> float:
     """Percentage of matches, rounded: the summary is read by people and compared by tests."""
-    return round(float(100.0 * np.mean(predicted == expected)), 4) if len(predicted) else float("nan")
+    return round(accuracy(predicted, expected), 4) if len(predicted) else float("nan")
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,7 +516,7 @@ def build_demo_scenario(root: Path, recipe: DemoRecipe = DemoRecipe(), progress:
     set sizes, clean validation accuracy and attack success rate on the triggered validation set
     (both in percent, like ``lib.metrics``), and the seconds spent training and in total.
     """
-    from lib.models import save_model
+    from lib.models import predict_classes, save_model
 
     root = Path(root)
     files = DatasetFiles(root)
@@ -539,8 +534,8 @@ def build_demo_scenario(root: Path, recipe: DemoRecipe = DemoRecipe(), progress:
         "n_test": int(len(data.y_test)),
         "n_valid_triggered": int(len(data.y_valid_bd)),
         "n_test_triggered": int(len(data.y_test_bd)),
-        "clean_valid_accuracy": _percent_equal(_predicted_classes(model, data.x_valid), data.y_valid),
-        "valid_attack_success_rate": _percent_equal(_predicted_classes(model, data.x_valid_bd), data.y_valid_bd),
+        "clean_valid_accuracy": _percent_equal(predict_classes(model, data.x_valid, batch_size=256), data.y_valid),
+        "valid_attack_success_rate": _percent_equal(predict_classes(model, data.x_valid_bd, batch_size=256), data.y_valid_bd),
         "train_seconds": round(train_seconds, 2),
         "total_seconds": round(time.perf_counter() - start, 2),
     }

@@ -151,6 +151,13 @@ def check_prunable(model: keras.Model, conv_layer: str, pool_layer: str, path: s
         )
 
 
+def predict_classes(model: keras.Model, images, batch_size: int = 1024):
+    """Most likely class of every image (argmax of the model's scores), without Keras's progress output."""
+    import numpy as np
+
+    return np.argmax(model.predict(images, batch_size=batch_size, verbose=0), axis=-1)
+
+
 def num_classes_of(model: keras.Model) -> int:
     """Number of classes the model scores (its last output dimension)."""
     return int(model.output.shape[-1])

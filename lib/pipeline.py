@@ -21,7 +21,7 @@ from lib.atomic import write_text
 from lib.datasets import ImageSet, check_paired, load_image_set
 from lib.errors import InputError
 from lib.goodnet import Evaluated, goodnet_table, markdown_table
-from lib.models import check_prunable, load_model_file, num_classes_of, save_model
+from lib.models import check_prunable, load_model_file, num_classes_of, predict_classes, save_model
 from lib.paths import KNOWN_DATASETS, DatasetFiles, ResultFiles, dataset_files, result_files
 from lib.pruning import prune_channels
 from lib.sweep import SweepEngine, SweepResult, run_pruning_sweep, threshold_steps, validate_thresholds
@@ -189,10 +189,6 @@ def read_thresholds(dataset: str) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(path, "file not found", f"run the sweep notebook first: `make sweep DATASET={dataset}`")
     return pd.read_csv(path).astype({"channels_pruned": "Int64"})
-
-
-def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int = act.DEFAULT_BATCH_SIZE) -> np.ndarray:
-    return np.argmax(model.predict(images, batch_size=batch_size, verbose=0), axis=-1)
 
 
 def evaluate_goodnets(scenario: Scenario, batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True) -> pd.DataFrame:
