@@ -13,6 +13,7 @@ from pathlib import Path
 
 import h5py
 import keras
+import numpy as np
 
 from lib.architecture import CSAW_NUM_CLASSES, build_deepid
 from lib.atomic import atomic_path
@@ -125,8 +126,21 @@ def _load_full(path: Path, allow_unsafe_layers: bool) -> keras.Model:
         ) from None
 
 
+#: Pooling layers that map an all-zero channel to an all-zero channel.
+ZERO_PRESERVING_POOLS = (
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalAveragePooling2D,
+)
+
+
 def check_prunable(model: keras.Model, conv_layer: str, pool_layer: str, path: str | Path = "model") -> None:
-    """The defense needs a Conv2D named ``conv_layer`` feeding a layer named ``pool_layer``."""
+    """The defense needs a Conv2D named ``conv_layer`` read directly by a pooling layer named ``pool_layer``.
+
+    Also what the sweep relies on: a single output, and a conv activation that maps 0 to 0, so
+    that a pruned channel is exactly zero after the pooling layer.
+    """
     names = [layer.name for layer in model.layers]
     for name in (conv_layer, pool_layer):
         if name not in names:
@@ -135,6 +149,8 @@ def check_prunable(model: keras.Model, conv_layer: str, pool_layer: str, path: s
                 f"the model has no layer named {name!r} (layers: {', '.join(names)})",
                 "pass the right layer names as notebook parameters conv_layer=... pool_layer=...",
             )
+    if len(model.outputs) != 1:
+        raise InputError(path, f"the model has {len(model.outputs)} outputs", "the defense scores single-output classifiers")
     conv = model.get_layer(conv_layer)
     if not isinstance(conv, keras.layers.Conv2D):
         raise InputError(
@@ -143,18 +159,26 @@ def check_prunable(model: keras.Model, conv_layer: str, pool_layer: str, path: s
             "name the convolution that feeds the pooling layer in conv_layer=...",
         )
     pool = model.get_layer(pool_layer)
-    if pool.input.shape[-1] != conv.filters:
+    if not isinstance(pool, ZERO_PRESERVING_POOLS):
+        raise InputError(
+            path, f"layer {pool_layer!r} is a {type(pool).__name__}, not a pooling layer", "name the pooling layer after the pruned convolution in pool_layer=..."
+        )
+    if pool.input is not conv.output:
+        counts = f": {pool_layer!r} has {pool.input.shape[-1]} input channels but {conv_layer!r} has {conv.filters} filters" if pool.input.shape[-1] != conv.filters else ""
         raise InputError(
             path,
-            f"layer {pool_layer!r} has {pool.input.shape[-1]} input channels but {conv_layer!r} has {conv.filters} filters",
+            f"layer {pool_layer!r} does not read {conv_layer!r} directly{counts}",
             "name a pooling layer that directly follows the pruned convolution",
+        )
+    zero = keras.ops.convert_to_numpy(conv.activation(keras.ops.zeros((1,))))
+    if float(np.abs(zero).max()) != 0.0:
+        raise InputError(
+            path, f"{conv_layer!r}'s activation does not map 0 to 0, so a pruned channel is not silent", "prune a convolution with ReLU or linear activation"
         )
 
 
 def predict_classes(model: keras.Model, images, batch_size: int = 1024):
     """Most likely class of every image (argmax of the model's scores), without Keras's progress output."""
-    import numpy as np
-
     return np.argmax(model.predict(images, batch_size=batch_size, verbose=0), axis=-1)
 
 

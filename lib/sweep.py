@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lib.errors import InputError
+from lib.models import check_prunable
 from lib.pruning import prune_channels
 
 DEFAULT_BATCH_SIZE = 1024
@@ -40,14 +41,6 @@ DEFAULT_BATCH_SIZE = 1024
 #: its reference batch. Evaluating an image in another batch moves its scores far less
 #: (``tests/test_sweep.py`` measures it on the real CSAW weights and requires it below 1 %).
 DEFAULT_TIE_MARGIN = 1e-3
-
-_ZERO_PRESERVING_POOLS = (
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalAveragePooling2D,
-)
-
 
 # ----------------------------------------------------------------------------------------------
 # The engine
@@ -78,7 +71,7 @@ class SweepEngine:
         self.pool_layer = pool_layer
         self.batch_size = batch_size
         self.tie_margin = tie_margin
-        self._check_structure()
+        check_prunable(model, conv_layer, pool_layer)
         pool = model.get_layer(pool_layer)
         self.tail = keras.Model(pool.output, model.outputs[0], name=f"tail_after_{pool_layer}")
         self.mode = mode
@@ -86,25 +79,6 @@ class SweepEngine:
         self.evaluated = 0
         #: Images whose class was settled by re-running their reference batch because of a near tie.
         self.near_ties = 0
-
-    def _check_structure(self) -> None:
-        names = [layer.name for layer in self.model.layers]
-        for name in (self.conv_layer, self.pool_layer):
-            if name not in names:
-                raise InputError("model", f"no layer named {name!r} (layers: {', '.join(names)})", "pass conv_layer=/pool_layer= names of this model")
-        if len(self.model.outputs) != 1:
-            raise InputError("model", f"{len(self.model.outputs)} outputs", "the sweep scores single-output classifiers")
-        conv = self.model.get_layer(self.conv_layer)
-        pool = self.model.get_layer(self.pool_layer)
-        if not isinstance(conv, keras.layers.Conv2D):
-            raise InputError("model", f"layer {self.conv_layer!r} is a {type(conv).__name__}, not a Conv2D", "name the convolution to prune in conv_layer=")
-        if not isinstance(pool, _ZERO_PRESERVING_POOLS):
-            raise InputError("model", f"layer {self.pool_layer!r} is a {type(pool).__name__}, not a pooling layer", "name the pooling layer after the pruned convolution in pool_layer=")
-        if pool.input is not conv.output:
-            raise InputError("model", f"{self.pool_layer!r} does not read {self.conv_layer!r} directly", "name a pooling layer that directly follows the pruned convolution")
-        zero = keras.ops.convert_to_numpy(conv.activation(keras.ops.zeros((1,))))
-        if float(np.abs(zero).max()) != 0.0:
-            raise InputError("model", f"{self.conv_layer!r}'s activation does not map 0 to 0, so a pruned channel is not silent", "prune a convolution with ReLU or linear activation")
 
     # ------------------------------------------------------------------------------------------
     def _exact_classes(self, pooled: np.ndarray, keep: np.ndarray, batches: np.ndarray, out: np.ndarray) -> None:
