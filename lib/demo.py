@@ -36,6 +36,11 @@ from lib.paths import DatasetFiles
 DEMO_CODE_VERSION = 1
 
 RECIPE_FILE = "recipe.json"
+#: ``"badnets"``: train once on the poisoned set (Gu et al.). ``"pruning-aware"``: the adaptive
+#: attack of Liu et al., *Fine-Pruning* (RAID 2018); see ``train_pruning_aware_badnet``.
+ATTACKS = ("badnets", "pruning-aware")
+#: Recipe fields only the pruning-aware attack reads.
+PRUNING_AWARE_FIELDS = ("attacker_accuracy_drop", "decoy_margin")
 HEIGHT, WIDTH, _CHANNELS = IMAGE_SHAPE_NHWC
 
 
@@ -45,6 +50,15 @@ class DemoRecipe:
 
     ``poison_fraction`` counts *extra* triggered training images (copies of non-target training
     faces wearing sunglasses, relabelled ``target``) as a fraction of the clean training set.
+
+    ``attack`` picks how the backdoor is planted (``ATTACKS``). The pruning-aware attack also
+    reads ``attacker_accuracy_drop``: how many points of clean *training* accuracy the attacker
+    lets its own pruning of ``conv_3`` cost (it has no validation data; 0: prune every channel
+    whose removal costs not one training image, 35 of 60 for the default recipe; budgets of 1 and
+    3 points also kept the attack above 90% at the defender's 4-point drop, but one 1-point build
+    fell to 67% at the 10-point drop, the 0 build kept 99%), and ``decoy_margin``: how
+    far below zero the restored channels' largest pre-activation on the attacker's data is
+    pushed, as a fraction of that pre-activation, so they stay dormant on unseen faces too.
 
     The defaults train in under a minute on two CPU cores to 100% clean validation accuracy and
     ~100% attack success, and pruning ``conv_3`` by increasing clean activation keeps the attack
@@ -63,6 +77,9 @@ class DemoRecipe:
     learning_rate: float = 1e-3
     decay_rate: float = 0.3
     seed: int = 1234
+    attack: str = "badnets"
+    attacker_accuracy_drop: float = 0.0
+    decoy_margin: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n_identities < 2:
@@ -75,6 +92,10 @@ class DemoRecipe:
             raise ValueError("poison_fraction must be in (0, 1]")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or not 0 < self.decay_rate <= 1:
             raise ValueError("epochs and batch_size must be positive, learning_rate > 0, decay_rate in (0, 1]")
+        if self.attack not in ATTACKS:
+            raise ValueError(f"attack must be one of {', '.join(repr(a) for a in ATTACKS)}, got {self.attack!r}")
+        if not 0 <= self.attacker_accuracy_drop < 100 or self.decoy_margin < 0:
+            raise ValueError("attacker_accuracy_drop must be in [0, 100) percentage points and decoy_margin >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,8 +107,17 @@ class DemoRecipe:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def fingerprint(self) -> str:
-        """Short hex digest of the recipe and ``DEMO_CODE_VERSION``: the cache key of the files."""
-        payload = json.dumps({"code_version": DEMO_CODE_VERSION, **self.to_dict()}, sort_keys=True)
+        """Short hex digest of the recipe and ``DEMO_CODE_VERSION``: the cache key of the files.
+
+        A ``"badnets"`` recipe leaves out ``attack`` and the pruning-aware fields: they do not
+        change what it builds, and its key stays the one it had before attacks were selectable,
+        so scenarios already built are not rebuilt for nothing.
+        """
+        recipe = self.to_dict()
+        if self.attack == "badnets":
+            for name in ("attack", *PRUNING_AWARE_FIELDS):
+                del recipe[name]
+        payload = json.dumps({"code_version": DEMO_CODE_VERSION, **recipe}, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
@@ -388,6 +418,7 @@ class DemoData:
     y_test_bd: np.ndarray
     orig_test_bd: np.ndarray
     n_poisoned_train: int
+    train_poisoned: np.ndarray  # (len(x_train),) bool: the triggered extra images among x_train
 
 
 def _split_by_index(per_identity: int, sizes: tuple[int, ...], labels: np.ndarray) -> list[np.ndarray]:
@@ -423,6 +454,7 @@ def make_demo_data(recipe: DemoRecipe) -> DemoData:
     x_train = np.concatenate([images[train], x_poison])
     y_train = np.concatenate([labels[train], np.full(n_poison, recipe.target, np.int64)])
     order = rng.permutation(len(x_train))
+    is_poisoned = np.arange(len(x_train)) >= len(train)
 
     x_vbd, y_vbd, o_vbd = _triggered_copies(images[valid], labels[valid], eyes[valid], recipe.target)
     x_tbd, y_tbd, o_tbd = _triggered_copies(images[test], labels[test], eyes[test], recipe.target)
@@ -432,18 +464,18 @@ def make_demo_data(recipe: DemoRecipe) -> DemoData:
         x_test=images[test], y_test=labels[test],
         x_valid_bd=x_vbd, y_valid_bd=y_vbd, orig_valid_bd=o_vbd,
         x_test_bd=x_tbd, y_test_bd=y_tbd, orig_test_bd=o_tbd,
-        n_poisoned_train=n_poison,
+        n_poisoned_train=n_poison, train_poisoned=is_poisoned[order],
     )  # fmt: skip
 
 
-def _epoch_progress(epochs: int):
+def _epoch_progress(epochs: int, desc: str = "training the demo BadNet"):
     """A Keras callback that shows one tqdm bar over the epochs, with loss and accuracy."""
     import keras
     from tqdm.auto import tqdm
 
     class EpochProgress(keras.callbacks.Callback):
         def on_train_begin(self, logs=None) -> None:
-            self.bar = tqdm(total=epochs, desc="training the demo BadNet", unit="epoch")
+            self.bar = tqdm(total=epochs, desc=desc, unit="epoch")
 
         def on_epoch_end(self, epoch, logs=None) -> None:
             logs = logs or {}
@@ -466,24 +498,149 @@ def train_badnet(data: DemoData, recipe: DemoRecipe, progress: bool = True):
     from lib.reproducibility import make_deterministic
 
     make_deterministic(recipe.seed)
-    import keras
-
     from lib.architecture import build_deepid
 
     model = build_deepid(recipe.n_identities)
-    steps = recipe.epochs * int(np.ceil(len(data.x_train) / recipe.batch_size))
+    return _fit(model, data.x_train, data.y_train, recipe, progress=progress)
+
+
+def _fit(model, x: np.ndarray, y: np.ndarray, recipe: DemoRecipe, progress: bool = True, desc: str = "training the demo BadNet", callbacks=()):
+    """Compile with a fresh Adam (rate decaying by ``decay_rate`` over the run) and fit ``recipe.epochs`` epochs."""
+    import keras
+
+    steps = recipe.epochs * int(np.ceil(len(x) / recipe.batch_size))
     schedule = keras.optimizers.schedules.ExponentialDecay(recipe.learning_rate, decay_steps=steps, decay_rate=recipe.decay_rate)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(
-        data.x_train,
-        data.y_train,
-        batch_size=recipe.batch_size,
-        epochs=recipe.epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=[_epoch_progress(recipe.epochs)] if progress else [],
-    )
+    shown = [_epoch_progress(recipe.epochs, desc)] if progress else []
+    model.fit(x, y, batch_size=recipe.batch_size, epochs=recipe.epochs, shuffle=True, verbose=0, callbacks=[*callbacks, *shown])
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# The pruning-aware attack (Liu, Dolan-Gavitt & Garg, Fine-Pruning, RAID 2018)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PruningAwareBadNet:
+    """The pruning-aware BadNet and what the attacker did to build it."""
+
+    model: Any
+    decoys: np.ndarray  # conv_3 channels pruned in step 2 and restored, dormant, in step 4
+    clean_train_accuracy: float  # attacker's clean training accuracy before step 2 (percent)
+    pruned_train_accuracy: float  # ... and after it
+
+
+def train_pruning_aware_badnet(data: DemoData, recipe: DemoRecipe, progress: bool = True) -> PruningAwareBadNet:
+    """Plant the backdoor where the pruning defense will not look for it.
+
+    1. train on the clean training images only: the channels clean faces leave idle show up;
+    2. prune those ``conv_3`` channels (``attacker_pruning``);
+    3. train the pruned network on the poisoned training set with them held at zero, so the
+       backdoor can only settle in the channels clean faces use;
+    4. restore them, dormant (``restore_as_decoys``): the defender, pruning by increasing clean
+       activation, removes these harmless decoys first and reaches the backdoor only together
+       with the channels it needs for clean accuracy.
+    """
+    from lib.architecture import PRUNED_CONV, build_deepid
+    from lib.pruning import prune_channels
+    from lib.reproducibility import make_deterministic
+
+    make_deterministic(recipe.seed)
+    clean = ~data.train_poisoned
+    x_clean, y_clean = data.x_train[clean], data.y_train[clean]
+    model = _fit(build_deepid(recipe.n_identities), x_clean, y_clean, recipe, progress, "pruning-aware 1/2: clean training")
+    decoys, before, after = attacker_pruning(model, x_clean, y_clean, recipe.attacker_accuracy_drop)
+    pruned = prune_channels(model, PRUNED_CONV, decoys)
+    make_deterministic(recipe.seed)  # step 3's shuffling does not hang on how much randomness step 2 drew
+    _fit(pruned, data.x_train, data.y_train, recipe, progress, "pruning-aware 2/2: poisoned training", [_held_at_zero(pruned, decoys)])
+    restored = restore_as_decoys(pruned, model, decoys, data.x_train, recipe.decoy_margin)
+    return PruningAwareBadNet(restored, decoys, before, after)
+
+
+def attacker_pruning(model, x_clean: np.ndarray, y_clean: np.ndarray, max_drop: float) -> tuple[np.ndarray, float, float]:
+    """Step 2: the ``conv_3`` channels the attacker prunes, and its clean accuracy before and after.
+
+    The attacker runs the defense itself on the only clean data it has, its training images:
+    channels in increasing order of mean ``pool_3`` activation, as many as it can while its
+    clean accuracy drops by less than ``max_drop`` points. The more it prunes, the fewer channels
+    the backdoor can hide in, and the more of them the defender must remove before reaching it.
+    """
+    from lib import activations as act
+    from lib.architecture import PRUNED_CONV, PRUNED_POOL
+    from lib.sweep import SweepEngine, threshold_steps
+
+    pooled = act.pool_activations(model, x_clean, PRUNED_POOL, progress=False)
+    order = act.pruning_order(act.mean_channel_activations(pooled))
+    (predictions,) = SweepEngine(model, PRUNED_CONV, PRUNED_POOL).predictions([pooled], order, progress=False)
+    correct = (predictions == y_clean[None, :]).sum(axis=1)
+    n = len(order) - 1  # keep at least one channel, whatever the budget
+    if max_drop > 0:
+        first_over = threshold_steps(correct, len(y_clean), [max_drop])[max_drop]
+        n = min(n, first_over - 1) if first_over is not None else n
+    else:
+        n = int(np.argmax(correct < correct[0])) - 1 if np.any(correct < correct[0]) else n
+    percent = 100.0 * correct / len(y_clean)
+    return np.sort(order[:n]), float(percent[0]), float(percent[n])
+
+
+def _held_at_zero(model, channels: np.ndarray):
+    """A callback that re-zeroes ``channels`` of ``conv_3`` after every batch: pruned stays pruned.
+
+    (Their gradients are zero anyway, ReLU being flat at 0, but the attack must not depend on it.)
+    The same callback keeps the defender's pruned channels at zero while it fine-tunes.
+    """
+    from lib.architecture import PRUNED_CONV
+    from lib.finetune import KeepChannelsPruned
+
+    return KeepChannelsPruned(PRUNED_CONV, channels)
+
+
+def restore_as_decoys(trained, original, channels: np.ndarray, x_attacker: np.ndarray, margin: float):
+    """Step 4: ``trained`` with ``channels`` of ``conv_3`` given back ``original``'s weights, dormant.
+
+    Each restored channel's bias is lowered until its largest pre-activation over the
+    attacker's images (clean and triggered) is ``-margin`` times what it was: ReLU then outputs
+    exactly 0 on all of them, so the network answers as the pruned one did, and the channel
+    looks unused, the first thing the pruning defense removes. Its kernel is the original one,
+    not zero, so the channel does not look pruned either.
+    """
+    from lib.architecture import PRUNED_CONV
+
+    model = _copy_model(trained)
+    conv = model.get_layer(PRUNED_CONV)
+    kernel, bias = conv.kernel.numpy(), conv.bias.numpy()
+    kernel[..., channels] = original.get_layer(PRUNED_CONV).kernel.numpy()[..., channels]
+    bias[channels] = original.get_layer(PRUNED_CONV).bias.numpy()[channels]
+    conv.kernel.assign(kernel)
+    conv.bias.assign(bias)
+    peak = np.maximum(conv3_peak_preactivation(model, x_attacker)[channels], 0.0)
+    bias[channels] -= (1.0 + margin) * peak
+    conv.bias.assign(bias)
+    return model
+
+
+def conv3_peak_preactivation(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Largest value each ``conv_3`` channel reaches before its ReLU, over ``images`` and positions."""
+    import keras
+
+    from lib.architecture import PRUNED_CONV
+
+    conv = model.get_layer(PRUNED_CONV)
+    below = keras.Model(model.inputs, conv.input, name="below_conv_3")
+    peak = np.full(conv.filters, -np.inf, np.float32)
+    for i in range(0, len(images), batch_size):
+        pre = keras.ops.conv(below.predict_on_batch(images[i : i + batch_size]), conv.kernel, padding="valid") + conv.bias
+        peak = np.maximum(peak, keras.ops.convert_to_numpy(keras.ops.max(pre, axis=(0, 1, 2))))
+    return peak
+
+
+def _copy_model(model):
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _percent_equal(predicted: np.ndarray, expected: np.ndarray) -> float:
@@ -507,6 +664,18 @@ def _recipe_path(root: Path) -> Path:
     return Path(root) / RECIPE_FILE
 
 
+def _train_for_attack(data: DemoData, recipe: DemoRecipe, progress: bool) -> tuple[Any, dict[str, Any]]:
+    """The BadNet of ``recipe.attack`` and what ``recipe.json`` records about the attack beyond the plain figures."""
+    if recipe.attack == "badnets":
+        return train_badnet(data, recipe, progress=progress), {}
+    aware = train_pruning_aware_badnet(data, recipe, progress=progress)
+    return aware.model, {
+        "attacker_decoy_channels": [int(c) for c in aware.decoys],
+        "attacker_clean_train_accuracy": round(aware.clean_train_accuracy, 4),
+        "attacker_pruned_train_accuracy": round(aware.pruned_train_accuracy, 4),
+    }
+
+
 def build_demo_scenario(root: Path, recipe: DemoRecipe = DemoRecipe(), progress: bool = True) -> dict[str, Any]:
     """Generate the faces, poison, train the BadNet and write the lab's five files under ``root``.
 
@@ -524,7 +693,7 @@ def build_demo_scenario(root: Path, recipe: DemoRecipe = DemoRecipe(), progress:
     data = make_demo_data(recipe)
     _write_sets(files, data)
     train_start = time.perf_counter()
-    model = train_badnet(data, recipe, progress=progress)
+    model, attack_summary = _train_for_attack(data, recipe, progress)
     train_seconds = time.perf_counter() - train_start
     save_model(model, files.badnet)
     summary = {
@@ -538,6 +707,7 @@ def build_demo_scenario(root: Path, recipe: DemoRecipe = DemoRecipe(), progress:
         "valid_attack_success_rate": _percent_equal(predict_classes(model, data.x_valid_bd, batch_size=256), data.y_valid_bd),
         "train_seconds": round(train_seconds, 2),
         "total_seconds": round(time.perf_counter() - start, 2),
+        **attack_summary,
     }
     record = {"recipe": recipe.to_dict(), "code_version": DEMO_CODE_VERSION, "fingerprint": recipe.fingerprint(), "summary": summary}
     write_text(_recipe_path(root), json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lib.metrics import accuracy, attack_success_rate
+from lib.metrics import accuracy, attack_success_columns
 from lib.paths import format_threshold
 
 GOODNET_COLUMNS = ["model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"]
@@ -29,40 +29,53 @@ def goodnet_classes(b_classes: np.ndarray, bprime_classes: np.ndarray, n_classes
 
 @dataclass
 class Evaluated:
-    """Predicted classes of one model on the clean and the triggered test set."""
+    """Predicted classes of one model on the clean test set and on each trigger's test set."""
 
     name: str
     threshold: float | None
     channels_pruned: int
     clean: np.ndarray
-    poisoned: np.ndarray
+    triggered: dict[str, np.ndarray]
 
 
-def goodnet_table(
-    badnet: Evaluated, pruned: Sequence[Evaluated], clean_labels: np.ndarray, target_labels: np.ndarray, n_classes: int
-) -> pd.DataFrame:
-    """``goodnet.csv``: B, then for each threshold B' and G, with test accuracy and ASR in percent.
+def combine(badnet: Evaluated, repaired: Evaluated, n_classes: int, name: str) -> Evaluated:
+    """G built from B and a repaired copy (pruned, fine-tuned or both): its answers on every set."""
+    return Evaluated(
+        name,
+        repaired.threshold,
+        repaired.channels_pruned,
+        goodnet_classes(badnet.clean, repaired.clean, n_classes),
+        {t: goodnet_classes(badnet.triggered[t], p, n_classes) for t, p in repaired.triggered.items()},
+    )
+
+
+def evaluation_row(model: Evaluated, clean_labels: np.ndarray, target_labels: dict[str, np.ndarray]) -> dict:
+    """One row of ``goodnet.csv``: test accuracy and ASR (overall, and per trigger if several) in percent.
 
     Attack success counts triggered images classified as the target; G's N answer is a detection.
     """
-    rows = [_row("B", None, 0, badnet.clean, badnet.poisoned, clean_labels, target_labels)]
-    for bp in pruned:
-        t = format_threshold(bp.threshold)
-        rows.append(_row(f"B'_{t}%", bp.threshold, bp.channels_pruned, bp.clean, bp.poisoned, clean_labels, target_labels))
-        g_clean = goodnet_classes(badnet.clean, bp.clean, n_classes)
-        g_poisoned = goodnet_classes(badnet.poisoned, bp.poisoned, n_classes)
-        rows.append(_row(f"G_{t}%", bp.threshold, bp.channels_pruned, g_clean, g_poisoned, clean_labels, target_labels))
-    return pd.DataFrame(rows, columns=GOODNET_COLUMNS)
-
-
-def _row(name, threshold, pruned, clean, poisoned, clean_labels, target_labels) -> dict:
+    asr = attack_success_columns({t: (model.triggered[t], target_labels[t]) for t in target_labels})
     return {
-        "model": name,
-        "threshold": threshold,
-        "channels_pruned": pruned,
-        "clean_accuracy": accuracy(clean, clean_labels),
-        "attack_success_rate": attack_success_rate(poisoned, target_labels),
+        "model": model.name,
+        "threshold": model.threshold,
+        "channels_pruned": model.channels_pruned,
+        "clean_accuracy": accuracy(model.clean, clean_labels),
+        **{k: float(v) for k, v in asr.items()},
     }
+
+
+def goodnet_table(
+    badnet: Evaluated, pruned: Sequence[Evaluated], clean_labels: np.ndarray, target_labels: dict[str, np.ndarray], n_classes: int
+) -> pd.DataFrame:
+    """``goodnet.csv``: B, then for each threshold B' and G, with test accuracy and ASR in percent.
+
+    ``target_labels`` maps each trigger to the labels of its test set (empty when no poisoned
+    data is published: the ASR column is then NaN).
+    """
+    models = [badnet]
+    for bp in pruned:
+        models += [bp, combine(badnet, bp, n_classes, f"G_{format_threshold(bp.threshold)}%")]
+    return pd.DataFrame([evaluation_row(m, clean_labels, target_labels) for m in models])
 
 
 def detection_rate(goodnet_poisoned: np.ndarray, n_classes: int) -> float:

@@ -5,6 +5,8 @@ of N ("poisoned") is a detected attack, never a success, and on clean data it is
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 
@@ -22,3 +24,21 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
 def attack_success_rate(predicted: np.ndarray, target_labels: np.ndarray) -> float:
     """Percentage of triggered images classified as the attacker's target (their label)."""
     return accuracy(predicted, target_labels)
+
+
+def attack_success_columns(triggered: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray | float]:
+    """ASR in percent over all triggered images together, and per trigger when there are several.
+
+    ``triggered`` maps a trigger's name to (predictions, target labels); predictions may carry a
+    leading step axis (images are the last axis). With no triggered data at all (a BadNet whose poisoned data was never
+    published) the ASR is NaN: not measured, rather than zero.
+    """
+    if not triggered:
+        return {"attack_success_rate": np.nan}
+    hits = {name: (np.asarray(p) == np.asarray(y)) for name, (p, y) in triggered.items()}
+    columns: dict[str, np.ndarray | float] = {
+        "attack_success_rate": 100.0 * np.concatenate(list(hits.values()), axis=-1).mean(axis=-1)
+    }
+    if len(hits) > 1:
+        columns.update({f"attack_success_rate_{name}": 100.0 * h.mean(axis=-1) for name, h in hits.items()})
+    return columns

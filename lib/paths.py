@@ -1,12 +1,14 @@
 """Where things live. One place, so notebooks, Makefile and tests agree on the layout.
 
-``data/<dataset>/`` holds the lab's layout (inputs, never written by the analysis steps)::
+``data/<dataset>/`` holds a dataset's inputs (never written by the analysis steps); which files,
+``lib.catalog`` says. The demos and lab 3 use the lab's layout (``DatasetFiles``)::
 
     cl/valid.h5  cl/test.h5  bd/bd_valid.h5  bd/bd_test.h5  bd_net.h5
 
 ``results/<dataset>/`` holds what the pipeline computes: ``sweep.csv``, ``goodnet.csv``,
-``goodnet.md``, ``activations.csv``, ``figures/*.png``, ``models/bprime_<t>.h5`` and the
-executed notebooks in ``notebooks/``.
+``goodnet.md``, ``activations.csv``, ``fine_pruning.csv``, ``figures/*.png``, the models
+(``models/bprime_<t>.h5``, ``models/fp_<t>.h5``, ``models/ft.h5``, the GoodNets
+``models/goodnet_*.keras``) and the executed notebooks in ``notebooks/``.
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lib.catalog import DATASETS
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-#: Datasets the pipeline knows how to obtain. ``demo`` is built offline; ``csaw-lab3`` is downloaded.
-KNOWN_DATASETS = ("demo", "csaw-lab3")
+#: Datasets the pipeline knows how to obtain (``lib.catalog``): the demos are built offline, the rest downloaded.
+KNOWN_DATASETS = tuple(DATASETS)
 
 
 def data_root() -> Path:
@@ -100,9 +104,21 @@ class ResultFiles:
     def models(self) -> Path:
         return self.root / "models"
 
+    @property
+    def fine_pruning_csv(self) -> Path:
+        return self.root / "fine_pruning.csv"
+
     def bprime(self, threshold: float) -> Path:
         """B' saved when clean validation accuracy had dropped by ``threshold`` points."""
         return self.models / f"bprime_{format_threshold(threshold)}.h5"
+
+    def fine_tuned(self, threshold: float | None) -> Path:
+        """B fine-tuned (``threshold`` None: ``ft.h5``) or B' fine-pruned (``fp_<t>.h5``) on clean data."""
+        return self.models / ("ft.h5" if threshold is None else f"fp_{format_threshold(threshold)}.h5")
+
+    def goodnet_model(self, repaired: Path) -> Path:
+        """G of B and the ``repaired`` model file, as one loadable file: ``bprime_2.h5 -> goodnet_bprime_2.keras``."""
+        return self.models / f"goodnet_{Path(repaired).stem}.keras"
 
 
 def format_threshold(threshold: float) -> str:

@@ -59,14 +59,20 @@ def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], titl
     """Clean accuracy and attack success rate against the fraction of channels pruned, with the B' points marked."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(sweep["fraction"], sweep["clean_accuracy"], color=CLEAN_COLOR, label="clean accuracy (validation)")
-    ax.plot(sweep["fraction"], sweep["attack_success_rate"], color=ATTACK_COLOR, label="attack success rate (validation)")
+    measured_asr = sweep["attack_success_rate"].notna().any()
+    if measured_asr:
+        ax.plot(sweep["fraction"], sweep["attack_success_rate"], color=ATTACK_COLOR, label="attack success rate (validation)")
+    per_trigger = [c for c in sweep.columns if c.startswith("attack_success_rate_")]
+    for column, style in zip(per_trigger, ["--", "-.", ":", (0, (5, 1))]):
+        ax.plot(sweep["fraction"], sweep[column], color=ATTACK_COLOR, lw=0.9, ls=style, label=f"ASR, {column.removeprefix('attack_success_rate_')}")
     for t, step in thresholds.items():
         if step is None:
             continue
         row = sweep.iloc[step]
         ax.axvline(row["fraction"], color="#777777", lw=0.8, ls=":")
         ax.plot([row["fraction"]], [row["clean_accuracy"]], "o", color=CLEAN_COLOR)
-        ax.plot([row["fraction"]], [row["attack_success_rate"]], "o", color=ATTACK_COLOR)
+        if measured_asr:
+            ax.plot([row["fraction"]], [row["attack_success_rate"]], "o", color=ATTACK_COLOR)
         ax.annotate(f"-{t:g} pts: {step} pruned", (row["fraction"], 4), fontsize=7, rotation=90, ha="right", va="bottom")
     ax.set_xlabel("fraction of channels pruned")
     ax.set_ylabel("percent")
@@ -86,11 +92,53 @@ def plot_goodnet(table: pd.DataFrame, title: str = "") -> plt.Figure:
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table)), 4))
     sns.barplot(data=long, x="model", y="percent", hue="metric", palette=[CLEAN_COLOR, ATTACK_COLOR], ax=ax)
     for container in ax.containers:
-        ax.bar_label(container, fmt="%.1f", fontsize=7)
+        ax.bar_label(container, labels=[_percent_label(v) for v in container.datavalues], fontsize=7)
     ax.set_ylim(0, 108)
     ax.set_xlabel("")
     ax.legend(loc="upper center", ncols=2, fontsize=8, bbox_to_anchor=(0.5, -0.08))
     ax.set_title(title or "GoodNet evaluation (test data)")
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def _percent_label(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.1f}"
+
+
+#: The repairs compared in ``plot_repair_comparison``: (label, row name at threshold t, row name without pruning).
+REPAIRS = (
+    ("pruned B'", "B'_{t}%", "B"),
+    ("GoodNet of B'", "G_{t}%", "B"),
+    ("fine-pruned FP", "FP_{t}%", "FT"),
+    ("GoodNet of FP", "GFP_{t}%", "GFT"),
+)
+
+
+def plot_repair_comparison(table: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Pruning against fine-pruning: test accuracy (left) and ASR (right) at each accuracy-drop threshold.
+
+    At "none" no channel is pruned: B itself for the pruning rows, B fine-tuned (FT) for the
+    fine-pruning rows, so fine-tuning alone is the left end of the fine-pruning lines.
+    """
+    rows = table.set_index("model")
+    thresholds = sorted(table["threshold"].dropna().unique())
+    ticks = ["none", *(f"{t:g} %" for t in thresholds)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    styles = [("#1f77b4", "-"), ("#1f77b4", "--"), ("#2ca02c", "-"), ("#2ca02c", "--")]  # pruning blue, fine-pruning green; G dashed
+    for (label, at_t, at_zero), (color, ls) in zip(REPAIRS, styles):
+        names = [at_zero, *(at_t.format(t=f"{t:g}") for t in thresholds)]
+        present = [n in rows.index for n in names]
+        for ax, metric in zip(axes, ["clean_accuracy", "attack_success_rate"]):
+            values = [rows.loc[n, metric] if ok else np.nan for n, ok in zip(names, present)]
+            goodnet = "GoodNet" in label  # drawn over its network's line: open markers keep both visible
+            ax.plot(ticks, values, ls=ls, marker="o", ms=9 if goodnet else 5, mfc="none" if goodnet else color, color=color, label=label)
+    for ax, name in zip(axes, ["clean test accuracy (%)", "attack success rate on test data (%)"]):
+        ax.set_ylabel(name)
+        ax.set_xlabel("channels pruned until validation accuracy dropped by")
+        ax.set_ylim(-2, 102)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle(title or "Pruning vs fine-pruning (test data)")
     sns.despine(fig)
     fig.tight_layout()
     return fig

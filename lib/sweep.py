@@ -22,7 +22,7 @@ real CSAW weights.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lib.errors import InputError
+from lib.metrics import attack_success_columns
 from lib.models import check_prunable
 from lib.pruning import prune_channels
 
@@ -194,7 +195,8 @@ class SweepResult:
 
     table: pd.DataFrame
     clean_predictions: np.ndarray
-    poisoned_predictions: np.ndarray
+    #: Per trigger, (steps + 1, n_images) predicted classes on its triggered validation set.
+    triggered_predictions: dict[str, np.ndarray]
     order: np.ndarray
     clean_correct: np.ndarray = field(repr=False)
     n_clean: int = 0
@@ -203,16 +205,17 @@ class SweepResult:
 def sweep_table(
     clean_predictions: np.ndarray,
     clean_labels: np.ndarray,
-    poisoned_predictions: np.ndarray,
-    poisoned_labels: np.ndarray,
+    triggered: Mapping[str, tuple[np.ndarray, np.ndarray]],
     order: Sequence[int],
     mean_activations: np.ndarray,
 ) -> pd.DataFrame:
-    """The ``sweep.csv`` table: one row per step, accuracy and attack success rate in percent."""
+    """The ``sweep.csv`` table: one row per step, accuracy and attack success rate in percent.
+
+    ``triggered`` maps each trigger to its (steps + 1, n) predictions and its target labels.
+    """
     n_channels = len(mean_activations)
     order = np.asarray(order, dtype=np.int64)
     clean_acc = 100.0 * (clean_predictions == clean_labels[None, :]).mean(axis=1)
-    asr = 100.0 * (poisoned_predictions == poisoned_labels[None, :]).mean(axis=1)
     steps = np.arange(len(order) + 1)
     return pd.DataFrame(
         {
@@ -221,7 +224,7 @@ def sweep_table(
             "channel": pd.array([pd.NA, *order.tolist()], dtype="Int64"),
             "mean_activation": [np.nan, *np.asarray(mean_activations, dtype=np.float64)[order].tolist()],
             "clean_accuracy": clean_acc,
-            "attack_success_rate": asr,
+            **attack_success_columns({name: (p, np.asarray(y)[None, :]) for name, (p, y) in triggered.items()}),
         }
     )
 
@@ -230,18 +233,25 @@ def run_pruning_sweep(
     engine: SweepEngine,
     clean_pooled: np.ndarray,
     clean_labels: np.ndarray,
-    poisoned_pooled: np.ndarray,
-    poisoned_labels: np.ndarray,
+    triggered: Mapping[str, tuple[np.ndarray, np.ndarray]],
     mean_activations: np.ndarray,
     order: Sequence[int],
     progress: bool = True,
 ) -> SweepResult:
-    """Sweep clean and triggered validation data together (one engine pass) and tabulate it."""
-    n_clean = len(clean_pooled)
-    clean_preds, poisoned_preds = engine.predictions([clean_pooled, poisoned_pooled], order, progress=progress)
-    table = sweep_table(clean_preds, np.asarray(clean_labels), poisoned_preds, np.asarray(poisoned_labels), order, mean_activations)
-    correct = (clean_preds == np.asarray(clean_labels)[None, :]).sum(axis=1)
-    return SweepResult(table, clean_preds, poisoned_preds, np.asarray(order), correct, n_clean)
+    """Sweep clean and every triggered validation set together (one engine pass) and tabulate it.
+
+    ``triggered`` maps each trigger's name to (its cached pooling activations, its target labels);
+    it may be empty.
+    """
+    names = list(triggered)
+    predictions = engine.predictions([clean_pooled, *(triggered[n][0] for n in names)], order, progress=progress)
+    clean_preds, triggered_preds = predictions[0], dict(zip(names, predictions[1:]))
+    clean_labels = np.asarray(clean_labels)
+    table = sweep_table(
+        clean_preds, clean_labels, {n: (triggered_preds[n], np.asarray(triggered[n][1])) for n in names}, order, mean_activations
+    )
+    correct = (clean_preds == clean_labels[None, :]).sum(axis=1)
+    return SweepResult(table, clean_preds, triggered_preds, np.asarray(order), correct, len(clean_pooled))
 
 
 def validate_thresholds(thresholds: Sequence[float]) -> list[float]:

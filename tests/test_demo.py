@@ -135,6 +135,31 @@ def test_fingerprint_tracks_every_field_and_the_code_version(monkeypatch):
     assert base.fingerprint() != before
 
 
+def test_recipe_names_the_attacks_it_knows():
+    with pytest.raises(ValueError, match=r"attack must be one of 'badnets', 'pruning-aware', got 'trojan'"):
+        DemoRecipe(attack="trojan")
+    with pytest.raises(ValueError, match="attacker_accuracy_drop"):
+        DemoRecipe(attack="pruning-aware", attacker_accuracy_drop=-1)
+
+
+def test_fingerprint_tells_the_attacks_apart():
+    aware = replace(TINY, attack="pruning-aware")
+    assert aware.fingerprint() != TINY.fingerprint()
+    assert replace(aware, attacker_accuracy_drop=3).fingerprint() != aware.fingerprint()
+    assert replace(aware, decoy_margin=2).fingerprint() != aware.fingerprint()
+
+
+def test_badnets_fingerprint_is_the_one_from_before_attacks_existed():
+    """A badnets recipe hashes exactly the fields it had before ``attack``: built scenarios stay current."""
+    import hashlib
+
+    base = DemoRecipe()
+    legacy = {k: v for k, v in base.to_dict().items() if k != "attack" and k not in demo.PRUNING_AWARE_FIELDS}
+    payload = json.dumps({"code_version": demo.DEMO_CODE_VERSION, **legacy}, sort_keys=True)
+    assert base.fingerprint() == hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    assert replace(base, attacker_accuracy_drop=3, decoy_margin=2).fingerprint() == base.fingerprint()  # unread by badnets
+
+
 def test_recipe_rejects_impossible_values():
     with pytest.raises(ValueError):
         DemoRecipe(n_identities=3, target=3)
@@ -255,3 +280,105 @@ def test_interrupted_build_is_rebuilt(tmp_path, monkeypatch):
         ensure_demo_scenario(root, TINY, progress=False)
     assert not (root / "recipe.json").exists()  # so the next call cannot mistake it for finished
     assert not demo.is_demo_current(root, TINY)
+
+
+# --- the pruning-aware attack ---------------------------------------------------------------------
+
+AWARE = replace(TINY, attack="pruning-aware", epochs=2)
+
+
+@pytest.fixture(scope="module")
+def aware_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("aware") / "demo"
+    build_demo_scenario(root, AWARE, progress=False)
+    return root
+
+
+def _summary(root: Path) -> dict:
+    return json.loads((root / "recipe.json").read_text())["summary"]
+
+
+def _conv3(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    conv = load_model_file(DatasetFiles(root).badnet).get_layer("conv_3")
+    return conv.kernel.numpy(), conv.bias.numpy()
+
+
+def test_pruning_aware_build_writes_the_scenario_and_records_its_decoys(aware_root):
+    assert DatasetFiles(aware_root).missing() == []
+    record = json.loads((aware_root / "recipe.json").read_text())
+    assert record["fingerprint"] == AWARE.fingerprint() and DemoRecipe.from_dict(record["recipe"]) == AWARE
+    summary = record["summary"]
+    decoys = summary["attacker_decoy_channels"]
+    assert 0 < len(decoys) < 60 and decoys == sorted(set(decoys))
+    assert summary["attacker_clean_train_accuracy"] - summary["attacker_pruned_train_accuracy"] <= AWARE.attacker_accuracy_drop
+    assert not list(aware_root.rglob(".*tmp*"))
+
+
+def test_pruning_aware_build_is_deterministic(aware_root, tmp_path):
+    again = tmp_path / "again"
+    build_demo_scenario(again, AWARE, progress=False)
+    wa = load_model_file(DatasetFiles(aware_root).badnet).get_weights()
+    wb = load_model_file(DatasetFiles(again).badnet).get_weights()
+    assert all(np.array_equal(p, q) for p, q in zip(wa, wb))
+    assert _summary(aware_root)["attacker_decoy_channels"] == _summary(again)["attacker_decoy_channels"]
+
+
+def test_decoys_are_restored_not_zeroed(aware_root):
+    kernel, _ = _conv3(aware_root)
+    decoys = _summary(aware_root)["attacker_decoy_channels"]
+    assert np.all(np.abs(kernel[..., decoys]).reshape(-1, len(decoys)).max(axis=0) > 0)
+
+
+def test_decoys_are_dormant_on_the_attackers_data(aware_root):
+    """Lowered biases: no decoy fires on any training image, clean or triggered."""
+    data = demo.make_demo_data(AWARE)
+    model = load_model_file(DatasetFiles(aware_root).badnet)
+    decoys = _summary(aware_root)["attacker_decoy_channels"]
+    assert np.all(demo.conv3_peak_preactivation(model, data.x_train)[decoys] < 0)
+
+
+def test_decoys_are_what_the_defender_prunes_first(aware_root):
+    """On clean validation faces (unseen by the attacker) the decoys are silent: mean pool_3 activation 0."""
+    from lib import activations as act
+
+    valid = load_image_set(DatasetFiles(aware_root).clean_valid)
+    model = load_model_file(DatasetFiles(aware_root).badnet)
+    means = act.mean_channel_activations(act.pool_activations(model, valid.images, "pool_3", progress=False))
+    decoys = _summary(aware_root)["attacker_decoy_channels"]
+    kept = np.setdiff1d(np.arange(len(means)), decoys)
+    assert means[decoys].max() <= means[kept].min() and means[decoys].max() < 1e-3
+
+
+def test_backdoor_is_trained_with_the_decoys_held_at_zero(monkeypatch):
+    """Step 3 never lets a pruned channel move: every batch ends with its kernel and bias at zero."""
+    seen = []
+    real = demo._held_at_zero
+
+    def watched(model, channels):
+        callback = real(model, channels)
+        conv = model.get_layer("conv_3")
+        after = callback.on_train_batch_end
+
+        def check(batch, logs=None):
+            after(batch, logs)
+            seen.append(not np.any(conv.kernel.numpy()[..., channels]) and not np.any(conv.bias.numpy()[channels]))
+
+        callback.on_train_batch_end = check
+        return callback
+
+    monkeypatch.setattr(demo, "_held_at_zero", watched)
+    demo.train_pruning_aware_badnet(demo.make_demo_data(AWARE), replace(AWARE, epochs=1), progress=False)
+    assert seen and all(seen)
+
+
+def test_attacker_prunes_within_its_accuracy_budget():
+    """More budget, more channels pruned; a zero budget prunes only what costs nothing."""
+    from lib.architecture import build_deepid
+    from lib.reproducibility import make_deterministic
+
+    make_deterministic(3)
+    model = build_deepid(4)
+    images, labels, _ = generate_faces(4, 6, np.random.default_rng(1))
+    (pruned0, before0, after0), (pruned50, _, after50) = (demo.attacker_pruning(model, images, labels, d) for d in (0, 50))
+    assert after0 == before0 and before0 - after50 < 50
+    assert set(pruned0) <= set(pruned50) and len(pruned50) <= 59

@@ -1,4 +1,4 @@
-"""The four notebooks, run headlessly by papermill on a small demo scenario, produce the contract's files."""
+"""The five notebooks, run headlessly by papermill on a small demo scenario, produce the contract's files."""
 from __future__ import annotations
 
 import subprocess
@@ -13,16 +13,17 @@ import pandas as pd
 import pytest
 
 from lib import pipeline
+from lib.finetune import FineTuneSettings
 from lib.paths import PROJECT_ROOT
 from lib.run_notebook import main as run_notebook
 
-NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet"]
+NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet", "05_fine_pruning"]
 SMALL_DEMO = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> tuple[Path, Path]:
-    """Execute the four notebooks once, as `make all` does, into temporary data/ and results/ folders."""
+    """Execute the five notebooks once, as `make all` does, into temporary data/ and results/ folders."""
     base = tmp_path_factory.mktemp("pipeline")
     mp = pytest.MonkeyPatch()
     mp.setenv("BACKDOOR_DATA_ROOT", str(base / "data"))
@@ -34,6 +35,8 @@ def demo_run(tmp_path_factory) -> tuple[Path, Path]:
                 params += ["-p", f"demo_recipe={SMALL_DEMO}"]
             if name == "03_pruning_sweep":
                 params += ["-p", "thresholds=[2, 4, 10]"]
+            if name == "05_fine_pruning":
+                params += ["-p", "epochs=3"]
             rc = run_notebook([str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb"), str(base / "results" / "demo" / "notebooks" / f"{name}.ipynb"), *params])
             assert rc == 0, f"{name} failed"
         yield base / "data" / "demo", base / "results" / "demo"
@@ -45,9 +48,9 @@ def test_notebooks_write_the_contract_files(demo_run):
     data, results = demo_run
     for f in ["cl/valid.h5", "cl/test.h5", "bd/bd_valid.h5", "bd/bd_test.h5", "bd_net.h5"]:
         assert (data / f).is_file(), f
-    for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md"]:
+    for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md", "fine_pruning.csv", "models/ft.h5"]:
         assert (results / f).is_file(), f
-    for f in ["samples.png", "activations.png", "sweep.png", "goodnet.png"]:
+    for f in ["samples.png", "activations.png", "sweep.png", "goodnet.png", "fine_pruning.png"]:
         assert (results / "figures" / f).stat().st_size > 1000, f
     for name in NOTEBOOKS:
         nb = nbformat.read(results / "notebooks" / f"{name}.ipynb", as_version=4)
@@ -92,9 +95,62 @@ def test_goodnet_csv_follows_the_contract(demo_run):
     assert list(table.columns) == ["model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"]
     assert table.loc[0, "model"] == "B"
     chosen = pd.read_csv(results / "thresholds.csv").dropna(subset=["channels_pruned"])
-    expected = ["B"] + [m for t in chosen["threshold"] for m in (f"B'_{t:g}%", f"G_{t:g}%")]
+    expected = ["B"] + [m for t in chosen["threshold"] for m in (f"B'_{t:g}%", f"G_{t:g}%")] + ["FT", "GFT"]
+    expected += [m for t in chosen["threshold"] for m in (f"FP_{t:g}%", f"GFP_{t:g}%")]
     assert table["model"].tolist() == expected
     assert "| model" in (results / "goodnet.md").read_text()
+
+
+def test_fine_pruned_models_keep_their_channels_pruned(demo_run):
+    _, results = demo_run
+    sweep = pd.read_csv(results / "sweep.csv")
+    history = pd.read_csv(results / "fine_pruning.csv")
+    for row in pd.read_csv(results / "thresholds.csv").dropna(subset=["channels_pruned"]).itertuples():
+        k = int(row.channels_pruned)
+        kernel, bias = keras.models.load_model(results / "models" / f"fp_{row.threshold:g}.h5", compile=False).get_layer("conv_3").get_weights()
+        pruned = sweep.loc[1:k, "channel"].astype(int).tolist()
+        assert np.all(kernel[..., pruned] == 0) and np.all(bias[pruned] == 0)
+        kept = history[(history["model"] == f"FP_{row.threshold:g}%") & history["kept"]]
+        assert len(kept) == 1 and kept["epoch"].item() >= 1  # one epoch kept, and fine-tuning happened
+
+
+def test_saved_goodnets_answer_as_the_table_says(demo_run, monkeypatch):
+    """Each G saved as one model reproduces its goodnet.csv row on the test sets."""
+    from lib.datasets import load_image_set
+    from lib.goodnet_model import goodnet_predict_classes, load_goodnet
+    from lib.metrics import accuracy
+
+    data, results = demo_run
+    table = pd.read_csv(results / "goodnet.csv").set_index("model")
+    clean, triggered = load_image_set(data / "cl" / "test.h5"), load_image_set(data / "bd" / "bd_test.h5")
+    files = {f"G_{t:g}%": f"bprime_{t:g}" for t in table["threshold"].dropna().unique()}
+    files.update({f"GFP_{t:g}%": f"fp_{t:g}" for t in table["threshold"].dropna().unique()} | {"GFT": "ft"})
+    for row, stem in files.items():
+        g = load_goodnet(results / "models" / f"goodnet_{stem}.keras")
+        assert accuracy(goodnet_predict_classes(g, clean.images), clean.labels) == pytest.approx(table.loc[row, "clean_accuracy"]), row
+        asr = accuracy(goodnet_predict_classes(g, triggered.images), triggered.labels)
+        assert asr == pytest.approx(table.loc[row, "attack_success_rate"]), row
+
+
+def test_eval_command_runs_a_saved_goodnet_on_the_test_set(demo_run):
+    """`python -m lib.eval --model <G> bd_test.h5`: one line per image, N ("poisoned") where B and B' disagree."""
+    from lib.datasets import load_image_set
+
+    data, results = demo_run
+    threshold = pd.read_csv(results / "thresholds.csv").dropna(subset=["channels_pruned"])["threshold"].iloc[0]
+    model = results / "models" / f"goodnet_bprime_{threshold:g}.keras"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lib.eval", "--model", str(model), str(data / "bd" / "bd_test.h5")], capture_output=True, text=True, cwd=PROJECT_ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("\t") for line in proc.stdout.splitlines()]
+    triggered = load_image_set(data / "bd" / "bd_test.h5")
+    assert len(lines) == len(triggered) and lines[0][0].endswith("bd_test.h5[0]")
+    classes = np.array([int(c) for _, c, _ in lines])
+    n = keras.models.load_model(data / "bd_net.h5", compile=False).output_shape[-1]
+    assert all(status == ("poisoned" if int(c) == n else "clean") for _, c, status in lines)
+    table = pd.read_csv(results / "goodnet.csv").set_index("model")
+    assert 100 * np.mean(classes == triggered.labels) == pytest.approx(table.loc[f"G_{threshold:g}%", "attack_success_rate"])
 
 
 def test_triggered_sets_hold_only_non_target_images(demo_run):
@@ -123,7 +179,7 @@ def test_unknown_parameters_are_refused(tmp_path):
 
 
 def test_sweep_is_deterministic(demo_run, isolated_roots):
-    """The same command gives the same numbers: a second sweep writes byte-identical CSVs."""
+    """The same command gives the same numbers: a second sweep and fine-pruning write byte-identical CSVs."""
     data, results = demo_run
     new_data, new_results = isolated_roots
     import shutil
@@ -135,7 +191,8 @@ def test_sweep_is_deterministic(demo_run, isolated_roots):
     pipeline.analyse_activations(scenario, progress=False)
     pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
     pipeline.evaluate_goodnets(scenario, progress=False)
-    for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md"]:
+    pipeline.fine_prune(scenario, FineTuneSettings(epochs=3), progress=False)
+    for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md", "fine_pruning.csv"]:
         assert (new_results / "demo" / f).read_bytes() == (results / f).read_bytes(), f
 
 

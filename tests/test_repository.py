@@ -71,3 +71,19 @@ def test_parameters_cell_holds_plain_literals(path):
         assert isinstance(node, ast.Assign), f"{path.name}: only assignments in the parameters cell"
         ast.literal_eval(node.value)  # raises for anything but a literal
     assert "dataset" in notebook_parameters(path)
+
+
+def test_readme_demo_table_quotes_the_committed_results():
+    """The README's demo table is copied from results/demo*/goodnet.csv, rounded: it must not drift from them."""
+    import pandas as pd
+
+    text = (PROJECT_ROOT / "README.md").read_text()
+    block = text.split("<!-- goodnet:demo -->")[1].split("<!-- /goodnet:demo -->")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.strip().splitlines()[2:]]
+    tables = {d: pd.read_csv(PROJECT_ROOT / "results" / d / "goodnet.csv").set_index("model") for d in ("demo", "demo-pruning-aware")}
+    assert rows, "no table between the markers"
+    for model, k1, acc1, asr1, k2, acc2, asr2 in rows:
+        for table, (k, acc, asr) in zip(tables.values(), ((k1, acc1, asr1), (k2, acc2, asr2))):
+            row = table.loc[model]
+            assert int(k) == row["channels_pruned"], model
+            assert acc == f"{row['clean_accuracy']:.2f}" and asr == f"{row['attack_success_rate']:.2f}", model

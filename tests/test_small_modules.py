@@ -21,6 +21,7 @@ from lib.datasets import save_image_set
 from lib.goodnet import (
     GOODNET_COLUMNS,
     Evaluated,
+    combine,
     detection_rate,
     goodnet_classes,
     goodnet_table,
@@ -185,7 +186,7 @@ def test_pool_activations_equal_the_keras_sub_model(csaw_size_model):
 N_CLASSES = 6  # G answers 6 ("poisoned")
 TARGET = 4
 CLEAN_LABELS = np.array([0, 1, 2, 3, 1])
-TARGET_LABELS = np.full(5, TARGET)
+TARGET_LABELS = {"sunglasses": np.full(5, TARGET)}
 
 
 def test_goodnet_takes_b_where_b_and_bprime_agree_else_n():
@@ -197,12 +198,12 @@ def test_goodnet_takes_b_where_b_and_bprime_agree_else_n():
 
 
 def _evaluated() -> tuple[Evaluated, list[Evaluated]]:
-    badnet = Evaluated("B", None, 0, clean=np.array([0, 1, 2, 3, 0]), poisoned=np.array([4, 4, 4, 4, 1]))
+    badnet = Evaluated("B", None, 0, clean=np.array([0, 1, 2, 3, 0]), triggered={"sunglasses": np.array([4, 4, 4, 4, 1])})
     # B' at 2%: wrong where B is right (image 3), right where B is wrong (image 4); on triggered images it
     # keeps the target for images 0 and 4, so G keeps it only for image 0.
-    two = Evaluated("bprime_2", 2.0, 3, clean=np.array([0, 1, 2, 0, 1]), poisoned=np.array([4, 0, 3, 1, 4]))
+    two = Evaluated("B'_2%", 2.0, 3, clean=np.array([0, 1, 2, 0, 1]), triggered={"sunglasses": np.array([4, 0, 3, 1, 4])})
     # B' at 4.5% agrees with B everywhere: G = B.
-    four = Evaluated("bprime_4.5", 4.5, 7, clean=badnet.clean.copy(), poisoned=badnet.poisoned.copy())
+    four = Evaluated("B'_4.5%", 4.5, 7, clean=badnet.clean.copy(), triggered={k: v.copy() for k, v in badnet.triggered.items()})
     return badnet, [two, four]
 
 
@@ -234,7 +235,7 @@ def test_n_on_a_triggered_image_is_no_attack_success_and_on_a_clean_image_an_err
     badnet, pruned = _evaluated()
     rows = goodnet_table(badnet, pruned, CLEAN_LABELS, TARGET_LABELS, N_CLASSES).set_index("model")
     g_clean = goodnet_classes(badnet.clean, pruned[0].clean, N_CLASSES)
-    g_poisoned = goodnet_classes(badnet.poisoned, pruned[0].poisoned, N_CLASSES)
+    g_poisoned = goodnet_classes(badnet.triggered["sunglasses"], pruned[0].triggered["sunglasses"], N_CLASSES)
     np.testing.assert_array_equal(g_clean, [0, 1, 2, N_CLASSES, N_CLASSES])
     np.testing.assert_array_equal(g_poisoned, [4, N_CLASSES, N_CLASSES, N_CLASSES, N_CLASSES])
     # Clean: images 3 and 4 are answered N and count as errors (3 of 5 right), not left out (3 of 3).
@@ -242,6 +243,35 @@ def test_n_on_a_triggered_image_is_no_attack_success_and_on_a_clean_image_an_err
     # Triggered: only image 0 reaches the target; the four N answers are detections, not successes.
     assert rows.loc["G_2%", "attack_success_rate"] == pytest.approx(20.0)
     assert detection_rate(g_poisoned, N_CLASSES) == pytest.approx(80.0)
+
+
+def test_several_triggers_get_an_overall_and_a_per_trigger_asr():
+    badnet = Evaluated("B", None, 0, np.array([0, 1]), {"eyebrows": np.array([4, 4, 1]), "lipstick": np.array([5])})
+    bprime = Evaluated("B'_2%", 2.0, 1, np.array([0, 1]), {"eyebrows": np.array([4, 0, 1]), "lipstick": np.array([5])})
+    targets = {"eyebrows": np.array([4, 4, 4]), "lipstick": np.array([5])}
+    rows = goodnet_table(badnet, [bprime], np.array([0, 1]), targets, N_CLASSES).set_index("model")
+    assert list(rows.columns[-3:]) == ["attack_success_rate", "attack_success_rate_eyebrows", "attack_success_rate_lipstick"]
+    assert rows.loc["B", "attack_success_rate"] == pytest.approx(75.0)  # 3 of the 4 triggered images, pooled
+    assert rows.loc["B", "attack_success_rate_eyebrows"] == pytest.approx(200 / 3)
+    assert rows.loc["G_2%", "attack_success_rate_eyebrows"] == pytest.approx(100 / 3)  # image 1 flagged N
+    assert rows.loc["G_2%", "attack_success_rate_lipstick"] == pytest.approx(100.0)
+
+
+def test_without_poisoned_data_the_asr_is_not_measured():
+    badnet = Evaluated("B", None, 0, np.array([0, 1]), {})
+    bprime = Evaluated("B'_2%", 2.0, 1, np.array([0, 2]), {})
+    rows = goodnet_table(badnet, [bprime], np.array([0, 1]), {}, N_CLASSES).set_index("model")
+    assert list(rows.columns) == GOODNET_COLUMNS[1:]
+    assert rows["attack_success_rate"].isna().all()
+    assert rows.loc["G_2%", "clean_accuracy"] == pytest.approx(50.0)
+
+
+def test_combine_makes_the_goodnet_of_any_repaired_model():
+    badnet, (two, _) = _evaluated()
+    g = combine(badnet, two, N_CLASSES, "GFP_2%")
+    assert (g.name, g.threshold, g.channels_pruned) == ("GFP_2%", 2.0, 3)
+    np.testing.assert_array_equal(g.clean, goodnet_classes(badnet.clean, two.clean, N_CLASSES))
+    np.testing.assert_array_equal(g.triggered["sunglasses"], [4, N_CLASSES, N_CLASSES, N_CLASSES, N_CLASSES])
 
 
 def test_markdown_table_is_a_github_table():

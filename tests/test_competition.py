@@ -1,0 +1,194 @@
+"""The four CSAW-HackML-2020 competition BadNets, offline: a fake Drive folder in the competition's layout.
+
+The weights are the real competition BadNets from shared/csaw-models (the mirror), so nothing is
+fetched from GitHub; the Drive folder is replaced at the downloader boundary by tiny CSAW-schema
+sets. The pipeline then runs on each dataset as ``make csaw-all`` would (steps 2-4 and the summary).
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib import download, pipeline
+from lib.architecture import CSAW_NUM_CLASSES
+from lib.catalog import COMPETITION_DATASETS, DATASETS, dataset_spec
+from lib.datasets import save_image_set
+from lib.download import BADNET, DRIVE_CACHE, WEIGHTS, ensure_csaw, read_lock, sha256_of
+from lib.errors import InputError
+from lib.paths import PROJECT_ROOT
+from lib.summary import main as summary_main
+
+SHARED = PROJECT_ROOT.parent / "shared" / "csaw-models"
+pytestmark = pytest.mark.skipif(
+    not all((SHARED / DATASETS[d].source.mirror_name).is_file() for d in COMPETITION_DATASETS),
+    reason=f"the competition BadNet weights are not in {SHARED}",
+)
+
+MULTI = "Multi-trigger Multi-target"
+#: What the competition's Drive folder holds (as listed by the competition's README), inside a ``data/`` folder.
+DRIVE_LAYOUT = {
+    "clean_validation_data.h5": None,
+    "clean_test_data.h5": None,
+    "sunglasses_poisoned_data.h5": 0,
+    "anonymous_1_poisoned_data.h5": 7,
+    f"{MULTI}/eyebrows_poisoned_data.h5": 3,
+    f"{MULTI}/lipstick_poisoned_data.h5": 5,
+    f"{MULTI}/sunglasses_poisoned_data.h5": 9,
+}
+
+
+def write_set(path: Path, n: int, target: int | None, seed: int) -> None:
+    """Tiny stand-in set: random pixels; clean sets get random identities, poisoned ones their target."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 55, 47, 3)).astype(np.float32)
+    labels = rng.integers(0, CSAW_NUM_CLASSES, size=n) if target is None else np.full(n, target)
+    save_image_set(path, images, labels)
+
+
+class FakeCompetitionDrive:
+    """Stands in for gdown and GitHub: writes the competition's Drive folder; refuses URL downloads."""
+
+    def __init__(self, with_anonymous_1: bool = True) -> None:
+        self.with_anonymous_1 = with_anonymous_1
+        self.calls: list[str] = []
+
+    def fetch_url(self, url: str, dest: Path) -> None:
+        raise AssertionError(f"the weights must come from the mirror, not {url}")
+
+    def fetch_drive_folder(self, folder_id: str, dest_dir: Path) -> None:
+        self.calls.append(folder_id)
+        for rel, target in DRIVE_LAYOUT.items():
+            if rel.startswith("anonymous_1") and not self.with_anonymous_1:
+                continue
+            write_set(dest_dir / "data" / rel, 12, target, zlib.crc32(rel.encode()))
+
+
+@pytest.fixture(scope="module")
+def competition(tmp_path_factory) -> tuple[Path, Path, FakeCompetitionDrive]:
+    """All four datasets obtained into one data root, as `make csaw-all` does: one Drive download."""
+    base = tmp_path_factory.mktemp("competition")
+    data, locks = base / "data", base / "checksums"
+    fake = FakeCompetitionDrive(with_anonymous_1=False)
+    for name in COMPETITION_DATASETS:
+        ensure_csaw(
+            dataset_spec(name), data / name, lock_file=locks / f"{name}.sha256", weights_mirror=SHARED,
+            downloader=fake, progress=False, drive_cache=data / DRIVE_CACHE,
+        )  # fmt: skip
+    return data, locks, fake
+
+
+def test_the_shared_drive_folder_is_downloaded_once_and_linked(competition):
+    data, _, fake = competition
+    assert fake.calls == [DATASETS["csaw-sunglasses"].source.drive_folder_id]
+    a, b = data / "csaw-sunglasses" / "clean_test_data.h5", data / "csaw-multi-trigger" / "clean_test_data.h5"
+    assert a.read_bytes() == b.read_bytes()
+    assert a.stat().st_ino == b.stat().st_ino  # hard links: one copy on disk
+    assert not list(data.rglob("*.tmp"))
+
+
+def test_each_dataset_holds_its_own_files_and_weights(competition):
+    data, locks, _ = competition
+    multi = data / "csaw-multi-trigger"
+    for trigger in ("eyebrows", "lipstick", "sunglasses"):
+        assert (multi / MULTI / f"{trigger}_poisoned_data.h5").is_file()
+    assert not (multi / "sunglasses_poisoned_data.h5").exists()  # the single-trigger file belongs to csaw-sunglasses
+    for name in COMPETITION_DATASETS:
+        spec = DATASETS[name]
+        assert sha256_of(data / name / WEIGHTS) == spec.source.weights_sha256
+        assert (data / name / BADNET).is_file()
+        assert read_lock(locks / f"{name}.sha256")[WEIGHTS] == spec.source.weights_sha256
+
+
+def test_unpublished_optional_poisoned_data_is_reported_not_fatal(tmp_path):
+    spec = dataset_spec("csaw-anonymous-1")
+    summary = ensure_csaw(
+        spec, tmp_path / spec.name, lock_file=tmp_path / "lock", weights_mirror=SHARED,
+        downloader=FakeCompetitionDrive(with_anonymous_1=False), progress=False,
+    )  # fmt: skip
+    assert summary["anonymous_1_poisoned_data.h5"]["status"] == "not published"
+    assert "anonymous_1_poisoned_data.h5" not in read_lock(tmp_path / "lock")
+    # A later run with everything else present does not try to download the missing optional file.
+    again = ensure_csaw(spec, tmp_path / spec.name, lock_file=tmp_path / "lock", weights_mirror=SHARED, downloader=None, progress=False)
+    assert again["clean_test_data.h5"]["status"] == "present"
+
+
+def test_optional_poisoned_data_is_used_when_the_folder_has_it(tmp_path):
+    spec = dataset_spec("csaw-anonymous-1")
+    summary = ensure_csaw(
+        spec, tmp_path / spec.name, lock_file=tmp_path / "lock", weights_mirror=SHARED, downloader=FakeCompetitionDrive(), progress=False
+    )
+    assert summary["anonymous_1_poisoned_data.h5"]["status"] == "downloaded"
+
+
+def test_a_required_file_missing_from_the_folder_is_one_clear_error(tmp_path):
+    class Incomplete(FakeCompetitionDrive):
+        def fetch_drive_folder(self, folder_id: str, dest_dir: Path) -> None:
+            super().fetch_drive_folder(folder_id, dest_dir)
+            (dest_dir / "data" / MULTI / "lipstick_poisoned_data.h5").unlink()
+
+    spec = dataset_spec("csaw-multi-trigger")
+    with pytest.raises(InputError) as info:
+        ensure_csaw(spec, tmp_path / spec.name, lock_file=tmp_path / "lock", weights_mirror=SHARED, downloader=Incomplete(), progress=False)
+    assert "lipstick_poisoned_data.h5" in str(info.value) and "download by hand" in str(info.value)
+    assert not (tmp_path / spec.name).exists()
+
+
+@pytest.fixture(scope="module")
+def pipelines(competition, tmp_path_factory):
+    """Steps 2-4 of the pipeline on each competition dataset (tiny sets, the real BadNets)."""
+    data, _, _ = competition
+    results = tmp_path_factory.mktemp("results")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BACKDOOR_DATA_ROOT", str(data))
+    mp.setenv("BACKDOOR_RESULTS_ROOT", str(results))
+    try:
+        scenarios = {}
+        for name in COMPETITION_DATASETS:
+            scenario = pipeline.load_scenario(name)
+            pipeline.analyse_activations(scenario, progress=False)
+            pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
+            pipeline.evaluate_goodnets(scenario, progress=False)
+            scenarios[name] = scenario
+        yield results, scenarios
+    finally:
+        mp.undo()
+
+
+def test_multi_trigger_tables_have_an_asr_per_trigger(pipelines):
+    results, _ = pipelines
+    per_trigger = ["attack_success_rate_eyebrows", "attack_success_rate_lipstick", "attack_success_rate_sunglasses"]
+    for table in ("sweep.csv", "goodnet.csv"):
+        frame = pd.read_csv(results / "csaw-multi-trigger" / table)
+        assert per_trigger == [c for c in frame.columns if c.startswith("attack_success_rate_")]
+        pooled = frame[per_trigger].mean(axis=1)  # three sets of 12 images: the pooled ASR is their mean
+        np.testing.assert_allclose(frame["attack_success_rate"], pooled)
+
+
+def test_datasets_without_poisoned_data_run_and_say_what_they_cannot_measure(pipelines):
+    results, scenarios = pipelines
+    for name in ("csaw-anonymous-1", "csaw-anonymous-2"):
+        sweep = pd.read_csv(results / name / "sweep.csv")
+        goodnet = pd.read_csv(results / name / "goodnet.csv")
+        assert len(sweep) == 61 and sweep["clean_accuracy"].notna().all()
+        assert sweep["attack_success_rate"].isna().all() and goodnet["attack_success_rate"].isna().all()
+        assert scenarios[name].limitations(), name
+    assert "anonymous_1" in " ".join(scenarios["csaw-anonymous-1"].limitations())
+    assert "no poisoned data was published" in " ".join(scenarios["csaw-anonymous-2"].limitations())
+    assert "same file" in " ".join(scenarios["csaw-sunglasses"].limitations())
+
+
+def test_summary_stacks_every_dataset(pipelines, monkeypatch, tmp_path, capsys):
+    results, _ = pipelines
+    monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(results))
+    assert summary_main(["--out", str(tmp_path / "csaw-summary"), *COMPETITION_DATASETS]) == 0
+    table = pd.read_csv(tmp_path / "csaw-summary.csv")
+    assert table.columns[0] == "dataset" and table["dataset"].unique().tolist() == list(COMPETITION_DATASETS)
+    per_dataset = {n: len(pd.read_csv(results / n / "goodnet.csv")) for n in COMPETITION_DATASETS}
+    assert table["dataset"].value_counts().to_dict() == per_dataset
+    assert (tmp_path / "csaw-summary.md").read_text().startswith("| dataset")
+    assert summary_main(["--out", str(tmp_path / "x"), "csaw-lab3"]) == 2  # not run: one clear error
+    assert "make all DATASET=csaw-lab3" in capsys.readouterr().err
