@@ -470,22 +470,9 @@ def make_demo_data(recipe: DemoRecipe) -> DemoData:
 
 def _epoch_progress(epochs: int, desc: str = "training the demo BadNet"):
     """A Keras callback that shows one tqdm bar over the epochs, with loss and accuracy."""
-    import keras
-    from tqdm.auto import tqdm
+    from lib.finetune import EpochBar
 
-    class EpochProgress(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None) -> None:
-            self.bar = tqdm(total=epochs, desc=desc, unit="epoch")
-
-        def on_epoch_end(self, epoch, logs=None) -> None:
-            logs = logs or {}
-            self.bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}", acc=f"{logs.get('accuracy', float('nan')):.3f}")
-            self.bar.update(1)
-
-        def on_train_end(self, logs=None) -> None:
-            self.bar.close()
-
-    return EpochProgress()
+    return EpochBar(epochs, desc, {"loss": "loss", "acc": "accuracy"})
 
 
 def train_badnet(data: DemoData, recipe: DemoRecipe, progress: bool = True):

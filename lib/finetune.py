@@ -81,23 +81,25 @@ class KeepChannelsPruned(keras.callbacks.Callback):
             layer.bias.assign(bias)
 
 
-def _epoch_bar(epochs: int, desc: str):
-    """One tqdm bar over the epochs with the hold-out accuracy."""
-    from tqdm.auto import tqdm
+class EpochBar(keras.callbacks.Callback):
+    """One tqdm bar over the epochs of a Keras ``fit``, showing the ``shown`` logs (label -> log key) after each."""
 
-    class EpochBar(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None) -> None:
-            self.bar = tqdm(total=epochs, desc=desc, unit="epoch")
+    def __init__(self, epochs: int, desc: str, shown: dict[str, str]) -> None:
+        super().__init__()
+        self.epochs, self.desc, self.shown = epochs, desc, shown
 
-        def on_epoch_end(self, epoch, logs=None) -> None:
-            logs = logs or {}
-            self.bar.set_postfix(holdout_loss=f"{logs.get('val_loss', float('nan')):.4f}", holdout_acc=f"{logs.get('val_accuracy', float('nan')):.4f}")
-            self.bar.update(1)
+    def on_train_begin(self, logs=None) -> None:
+        from tqdm.auto import tqdm
 
-        def on_train_end(self, logs=None) -> None:
-            self.bar.close()
+        self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch")
 
-    return EpochBar()
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        logs = logs or {}
+        self.bar.set_postfix({label: f"{logs.get(key, float('nan')):.4f}" for label, key in self.shown.items()})
+        self.bar.update(1)
+
+    def on_train_end(self, logs=None) -> None:
+        self.bar.close()
 
 
 def fine_tune(
@@ -132,7 +134,7 @@ def fine_tune(
     if conv_layer is not None and len(pruned_channels):
         callbacks.insert(0, KeepChannelsPruned(conv_layer, pruned_channels))
     if progress:
-        callbacks.append(_epoch_bar(settings.epochs, desc))
+        callbacks.append(EpochBar(settings.epochs, desc, {"holdout_loss": "val_loss", "holdout_acc": "val_accuracy"}))
     history = tuned.fit(
         images[train_idx],
         labels[train_idx],

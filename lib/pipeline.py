@@ -92,11 +92,15 @@ class Scenario:
     def unavailable_triggers(self) -> list[str]:
         return [t.name for t in self.spec.triggers if t not in self.triggers]
 
-    def load_triggered(self, split: str) -> dict[str, ImageSet]:
-        """Each available trigger's ``valid`` or ``test`` images, labelled with the attacker's target."""
+    def load_triggered(self, split: str, clean: ImageSet | None = None) -> dict[str, ImageSet]:
+        """Each available trigger's ``valid`` or ``test`` images, labelled with the attacker's target.
+
+        Where the dataset pairs them with the clean images, the sizes are checked against ``clean``
+        (loaded if not given).
+        """
         sets = {t.name: load_image_set(self.root / _split_path(t.valid, t.test, split), num_classes=self.n_classes) for t in self.triggers}
-        if self.spec.paired:
-            clean = self.load_clean(split)
+        if self.spec.paired and sets:
+            clean = clean if clean is not None else self.load_clean(split)
             for s in sets.values():
                 check_paired(clean, s)
         return sets
@@ -120,7 +124,7 @@ def image_set_overview(scenario: Scenario) -> pd.DataFrame:
     """One row per image set: its role, file, number of images and of distinct labels (all sets validated)."""
     sets = {"clean valid": scenario.load_clean("valid"), "clean test": scenario.load_clean("test")}
     for split in ("valid", "test"):
-        sets.update({f"{name} {split}": s for name, s in scenario.load_triggered(split).items()})
+        sets.update({f"{name} {split}": s for name, s in scenario.load_triggered(split, sets[f"clean {split}"]).items()})
     return pd.DataFrame(
         [
             {"set": role, "file": s.path.relative_to(scenario.root).as_posix(), "images": len(s), "distinct labels": len(np.unique(s.labels))}
@@ -201,7 +205,8 @@ def run_sweep(
     means[order_table["channel"].to_numpy()] = order_table["mean_activation"].to_numpy()
     order = order_table["channel"].to_numpy()
 
-    clean, triggered = scenario.load_clean("valid"), scenario.load_triggered("valid")
+    clean = scenario.load_clean("valid")
+    triggered = scenario.load_triggered("valid", clean)
 
     def pooled(images: np.ndarray, name: str) -> np.ndarray:
         return act.pool_activations(scenario.badnet, images, scenario.pool_layer, batch_size, progress, desc=name)
@@ -253,7 +258,7 @@ def read_thresholds(dataset: str) -> pd.DataFrame:
 
 
 @dataclass
-class TestData:
+class EvaluationData:
     """The clean test set and each available trigger's test set."""
 
     clean: ImageSet
@@ -264,7 +269,7 @@ class TestData:
         return {t: s.labels for t, s in self.triggered.items()}
 
 
-def evaluate_on_test(model: keras.Model, name: str, threshold: float | None, pruned: int, test: TestData, batch_size: int) -> Evaluated:
+def evaluate_on_test(model: keras.Model, name: str, threshold: float | None, pruned: int, test: EvaluationData, batch_size: int) -> Evaluated:
     """One model's classes on the clean test set and on every trigger's test set."""
     return Evaluated(
         name,
@@ -275,8 +280,9 @@ def evaluate_on_test(model: keras.Model, name: str, threshold: float | None, pru
     )
 
 
-def load_test_data(scenario: Scenario) -> TestData:
-    return TestData(scenario.load_clean("test"), scenario.load_triggered("test"))
+def load_test_data(scenario: Scenario) -> EvaluationData:
+    clean = scenario.load_clean("test")
+    return EvaluationData(clean, scenario.load_triggered("test", clean))
 
 
 def evaluate_goodnets(scenario: Scenario, batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True) -> pd.DataFrame:
