@@ -7,8 +7,10 @@ Contenders, timed in one run and interleaved round by round:
 * ``naive``   prune a copy of B and re-run the whole network on both sets, for every step. Measured on a
               few steps and extrapolated to the 61 evaluations of a sweep (labelled as such);
 * ``tail``    the layers up to ``pool_3`` once, then the whole tail sub-model on every image, every step;
-* ``engine``  ``lib.sweep.SweepEngine`` (prefix once, then per step the tail only on the reference
-              batches that hold an image the pruned channel touches);
+* ``engine``  ``lib.sweep.SweepEngine`` (prefix once, then per step only the images the pruned channel
+              touches, through the closed-form CSAW tail; near ties settled by the Keras tail);
+* ``keras``   the same engine with ``closed_form=False``: the path any other tail takes (the tail
+              sub-model on the reference batches that hold a touched image);
 * ``forward`` one forward pass of B over the same images: the floor the engine is compared with.
 
 Inputs: the real lab-3 validation sets (``data/csaw-lab3``) when present; otherwise deterministic
@@ -16,7 +18,7 @@ stand-ins of the same sizes (11,547 clean + 11,547 triggered): synthetic faces f
 the second set wearing the sunglasses trigger. The engine reads them from HDF5 files batch by batch,
 in a child process whose peak resident memory is reported.
 
-All three sweeps must give identical predictions (the engine and ``tail`` at every step, ``naive`` at
+All sweeps must give identical predictions (the engine, ``keras`` and ``tail`` at every step, ``naive`` at
 the steps it measured); otherwise the benchmark exits 1. The last line is machine-readable:
 ``speedup_vs_naive=<x> sweep_vs_forward=<y> peak_mb=<z>``.
 """
@@ -125,9 +127,9 @@ def main() -> int:
         model = load_model_file(weights)
         sets = [load_image_set(p).images for p in paths]
         n_images = sum(len(s) for s in sets)
-        times: dict[str, list[float]] = {"forward": [], "forward_batches": [], "engine": [], "tail": [], "naive_step": []}
-        engine_preds = tail_preds = None
-        evaluated = 0
+        times: dict[str, list[float]] = {"forward": [], "forward_batches": [], "engine": [], "keras": [], "tail": [], "naive_step": []}
+        engine_preds = tail_preds = keras_preds = None
+        evaluated = closed_form_evaluated = near_ties = 0
         naive_ok = True
         rng = np.random.default_rng(0)
         for r in range(args.rounds):
@@ -147,7 +149,12 @@ def main() -> int:
             engine = SweepEngine(model, CONV, POOL)
             engine_preds = engine.predictions(pooled, order, progress=False)
             times["engine"].append(time.perf_counter() - t)
-            evaluated = engine.evaluated
+            evaluated, closed_form_evaluated, near_ties = engine.evaluated, engine.closed_form_evaluated, engine.near_ties
+
+            t = time.perf_counter()
+            pooled = [pool_activations(model, s, POOL, progress=False) for s in sets]
+            keras_preds = SweepEngine(model, CONV, POOL, closed_form=False).predictions(pooled, order, progress=False)
+            times["keras"].append(time.perf_counter() - t)
 
             t = time.perf_counter()
             pooled = [pool_activations(model, s, POOL, progress=False) for s in sets]
@@ -161,9 +168,10 @@ def main() -> int:
             for k in steps:
                 for e, n in zip(engine_preds, naive[k]):
                     naive_ok &= bool(np.array_equal(e[k], n))
-            print(f"round {r + 1}: forward {times['forward'][-1]:.1f} s (batch loop {times['forward_batches'][-1]:.1f} s), engine {times['engine'][-1]:.1f} s, tail {times['tail'][-1]:.1f} s, naive {times['naive_step'][-1]:.1f} s/step (steps {steps})")
+            print(f"round {r + 1}: forward {times['forward'][-1]:.1f} s (batch loop {times['forward_batches'][-1]:.1f} s), engine {times['engine'][-1]:.1f} s, keras path {times['keras'][-1]:.1f} s, tail {times['tail'][-1]:.1f} s, naive {times['naive_step'][-1]:.1f} s/step (steps {steps})")
 
     tail_ok = all(np.array_equal(e, t) for e, t in zip(engine_preds, tail_preds))
+    keras_ok = all(np.array_equal(e, t) for e, t in zip(engine_preds, keras_preds))
     child_ok = [p.sum() for p in engine_preds] == child_sums
     best = {k: min(v) for k, v in times.items()}
     best["forward"] = min(best["forward"], best.pop("forward_batches"))  # the faster way is the floor
@@ -171,15 +179,17 @@ def main() -> int:
     print()
     print(f"images per sweep:              {n_images:,} ({len(sets[0]):,} + {len(sets[1]):,}), 60 channels, best of {args.rounds} rounds")
     print(f"one forward pass of B:         {best['forward']:7.1f} s   (the faster of predict() and a predict_on_batch loop)")
-    print(f"engine sweep (prefix incl.):   {best['engine']:7.1f} s   (tail evaluations: {evaluated / n_images:.1f} per image; naive and tail: 61)")
+    print(f"engine sweep (prefix incl.):   {best['engine']:7.1f} s   (per image: {closed_form_evaluated / n_images:.1f} closed-form evaluations, {evaluated / n_images:.1f} Keras tail evaluations; {near_ties} near ties; naive and tail: 61)")
+    print(f"engine, Keras path only:       {best['keras']:7.1f} s   (closed_form=False: what other tails get)")
     print(f"cached prefix + tail re-run:   {best['tail']:7.1f} s")
     print(f"naive re-evaluation:           {naive_sweep:7.1f} s   (EXTRAPOLATED: {best['naive_step']:.1f} s/step x 61)")
     print(f"engine from HDF5, own process: {child_seconds:7.1f} s, peak resident memory {peak_mb:,.0f} MB")
-    print(f"identical predictions: engine = tail at all 61 steps: {tail_ok}; engine = naive at the measured steps: {naive_ok}; child run = in-process run: {child_ok}")
+    print(f"identical predictions: engine = tail = keras path at all 61 steps: {tail_ok and keras_ok}; engine = naive at the measured steps: {naive_ok}; child run = in-process run: {child_ok}")
     speedup = naive_sweep / best["engine"]
     ratio = best["engine"] / best["forward"]
     print(f"speedup_vs_naive={speedup:.1f} sweep_vs_forward={ratio:.2f} peak_mb={peak_mb:.0f}")
-    return 0 if (tail_ok and naive_ok and child_ok) else 1
+    print(f"side by side, best rounds: engine / forward {best['engine'] / best['forward']:.2f}, keras path / forward {best['keras'] / best['forward']:.2f}, engine / keras path {best['engine'] / best['keras']:.2f}")
+    return 0 if (tail_ok and keras_ok and naive_ok and child_ok) else 1
 
 
 if __name__ == "__main__":

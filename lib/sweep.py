@@ -9,16 +9,26 @@ cached activations with the pruned channels masked, and only for the images the 
 an image whose channel ``c`` is already zero everywhere keeps its prediction. Dormant channels,
 the first to be pruned, are zero for almost every image, so those steps cost next to nothing.
 
+For the CSAW head (two heads from ``pool_3`` added, ReLU, softmax; see ``LinearTail``), the tail
+is not re-run either: fc_1 and conv_4 are linear in ``pool_3``, so their pre-activations are kept
+per image and pruning channel ``c`` only subtracts channel ``c``'s share; what is evaluated again
+for a touched image is fc_2 and the output layer (46 % of the tail's arithmetic). Other tails go
+through the Keras tail sub-model.
+
 Why it is exact
 ---------------
 Keras's float32 results on a CPU depend on the batch an image is evaluated in: its size and the
 image's place in it (not the other images' values). We measured it on the real CSAW weights:
-the same image gives other low-order bits, and a near-tie argmax can flip. So the tail is only
-ever evaluated on exactly the batches that ``pruned_model.predict(images, batch_size)`` would
-form, and a step re-runs every such batch holding an affected image. The result equals, image
-for image and step for step, the argmax of re-running the pruned Keras model
-(``naive_predictions``); ``tests/test_sweep.py`` and ``benchmarks/sweep.py`` check that, on the
-real CSAW weights.
+the same image gives other low-order bits, and a near-tie argmax can flip. So a class is taken
+from any other computation only when the two best scores are far enough apart that float
+rounding cannot swap them (the tie margin, ``DEFAULT_TIE_MARGIN``; ``tests/test_sweep.py``
+measures on the real weights how far other batch layouts and the closed-form tail are from
+Keras: a few % of the margin). Every near tie, and every reference batch the Keras path re-runs,
+is evaluated by the Keras tail at the image's place in exactly the batch that
+``pruned_model.predict(images, batch_size)`` forms (its other places may hold other images: they
+do not change it, which a test checks bit for bit). The result equals, image for image and step
+for step, the argmax of re-running the pruned Keras model (``naive_predictions``);
+``tests/test_sweep.py`` and ``benchmarks/sweep.py`` check that, on the real CSAW weights.
 """
 from __future__ import annotations
 
@@ -42,6 +52,184 @@ DEFAULT_BATCH_SIZE = 1024
 #: its reference batch. Evaluating an image in another batch moves its scores far less
 #: (``tests/test_sweep.py`` measures it on the real CSAW weights and requires it below 1 %).
 DEFAULT_TIE_MARGIN = 1e-3
+#: Images evaluated together by the closed-form tail.
+CLOSED_FORM_CHUNK = 1024
+#: The closed-form tail's near-tie margin, in multiples of the tie margin: its float32 state
+#: accumulates rounding over the steps (measured on the real CSAW weights: its logits stay within
+#: 20 % of the tie margin of Keras's, so within 5 % of this wider margin; ``tests/test_sweep.py``).
+CLOSED_FORM_MARGIN_FACTOR = 4.0
+
+# ----------------------------------------------------------------------------------------------
+# The closed-form tail
+# ----------------------------------------------------------------------------------------------
+def _call(tensor) -> tuple[object, list]:
+    """The layer that computed ``tensor`` in a functional graph, and the tensors that call read."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None, []
+    node = history.operation._inbound_nodes[history.node_index]
+    return history.operation, list(node.input_tensors)
+
+
+def _float32(layer) -> bool:
+    return getattr(layer, "dtype_policy", None) is not None and layer.dtype_policy.name == "float32"
+
+
+def _dense(layer, activation) -> bool:
+    return type(layer) is keras.layers.Dense and _float32(layer) and layer.activation is activation and layer.lora_rank is None
+
+
+def _relu(layer) -> bool:
+    if isinstance(layer, keras.layers.Activation):
+        return layer.activation is keras.activations.relu
+    if isinstance(layer, keras.layers.ReLU):
+        return layer.max_value is None and float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
+    return False
+
+
+def _weights(layer) -> tuple[np.ndarray, np.ndarray]:
+    kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)
+    bias = keras.ops.convert_to_numpy(layer.bias).astype(np.float64) if layer.use_bias else np.zeros(kernel.shape[-1])
+    return kernel, bias
+
+
+class LinearTail:
+    """The CSAW tail in closed form, evaluated incrementally as channels are pruned.
+
+    Recognised form (the DeepID / CSAW BadNet head, from the pooling layer ``P`` on)::
+
+        softmax(Dense_o(relu(Dense_1(Flatten(P)) + Dense_2(Flatten(relu(Conv2D(P)))))))
+
+    with linear ``Dense_1``/``Dense_2``, a stride-1 ``valid`` channels-last ``Conv2D`` with ReLU
+    and float32 layers. The pre-activations ``a1 = Dense_1(Flatten(P))`` and ``c4 = Conv2D(P)``
+    (before its ReLU) are linear in ``P``, so pruning channel ``c`` only subtracts channel ``c``'s
+    share of them (for CSAW: 20 and 4 weights per output instead of 1,200 and 240): the state
+    ``(a1, c4)`` of every image is kept (float32) and updated in place, and of the tail only
+    ``Dense_2`` on the ReLU of ``c4`` and the output layer run again, on the touched images: 46 %
+    of the tail's multiply-adds. Computing the logits, not the softmax, is enough for the argmax.
+    The updates accumulate float32 rounding (no worse than evaluating the layers directly, a few
+    % of the tie margin, except after the last channels where the state is mostly cancelled
+    out: up to 20 %), hence ``CLOSED_FORM_MARGIN_FACTOR``.
+    """
+
+    def __init__(self, pool_shape, fc1, conv, fc2, out) -> None:
+        import tensorflow as tf
+
+        h, w, c = (int(s) for s in pool_shape)
+        w1, b1 = _weights(fc1)
+        k4, b4 = _weights(conv)
+        w2, b2 = _weights(fc2)
+        wo, bo = _weights(out)
+        kh, kw, _, f4 = k4.shape
+        self.conv_shape = (h - kh + 1, w - kw + 1, f4)
+        f32 = lambda a: tf.constant(np.asarray(a, dtype=np.float32))  # noqa: E731
+        # Per pruned channel: its rows of fc_1's kernel (H*W, F1) and its slice of conv_4's kernel (kh, kw, F4).
+        self._w1_by_channel = np.ascontiguousarray(w1.reshape(h * w, c, -1).transpose(1, 0, 2), dtype=np.float32)
+        self._k4_by_channel = np.ascontiguousarray(k4.transpose(2, 0, 1, 3), dtype=np.float32)
+        W1, B1, K4, B4, W2, B2, WO, BO = (f32(a) for a in (w1, b1, k4, b4, w2, b2, wo, bo))
+        n_classes = wo.shape[1]
+        oh, ow = self.conv_shape[:2]
+
+        def patches(x):  # (m, H, W, *C) -> (m * oh * ow, kh * kw * C), rows in conv_4's kernel order
+            m = tf.shape(x)[0]
+            windows = tf.stack([x[:, dy : dy + oh, dx : dx + ow] for dy in range(kh) for dx in range(kw)], axis=3)
+            return tf.reshape(windows, [m * oh * ow, -1])
+
+        def initial(x):
+            m = tf.shape(x)[0]
+            a1 = tf.matmul(tf.reshape(x, [m, h * w * c]), W1) + B1
+            c4 = tf.reshape(tf.matmul(patches(x), tf.reshape(K4, [kh * kw * c, f4])), [m, oh, ow, f4]) + B4
+            return a1, c4
+
+        def logits(a1, c4):
+            hidden = tf.nn.relu(tf.matmul(tf.nn.relu(tf.reshape(c4, [tf.shape(c4)[0], -1])), W2) + a1 + B2)
+            return tf.matmul(hidden, WO) + BO
+
+        def step(a1, c4, x, w1c, k4c):
+            m = tf.shape(x)[0]
+            a1 = a1 - tf.matmul(tf.reshape(x, [m, h * w]), w1c)
+            c4 = c4 - tf.reshape(tf.matmul(patches(x), tf.reshape(k4c, [kh * kw, f4])), [m, oh, ow, f4])
+            z = logits(a1, c4)
+            best = tf.argmax(z, axis=1, output_type=tf.int32)
+            first = tf.reduce_max(z, axis=1)
+            second = tf.reduce_max(tf.where(tf.one_hot(best, n_classes, on_value=True, off_value=False), -np.inf, z), axis=1)
+            return a1, c4, best, first - second
+
+        spec = lambda *shape: tf.TensorSpec(shape, tf.float32)  # noqa: E731
+        self._logits = tf.function(logits, input_signature=[spec(None, w1.shape[1]), spec(None, *self.conv_shape)])
+        self._initial = tf.function(initial, input_signature=[spec(None, h, w, c)])
+        self._step = tf.function(step, input_signature=[spec(None, w1.shape[1]), spec(None, *self.conv_shape), spec(None, h, w), spec(h * w, w1.shape[1]), spec(kh, kw, f4)])
+
+    @classmethod
+    def recognise(cls, tail: keras.Model) -> LinearTail | None:
+        """The closed form of ``tail`` (a one-input sub-model from the pooling layer), or None if it has another shape."""
+        if len(tail.inputs) != 1 or len(tail.outputs) != 1:
+            return None
+        pool_out = tail.inputs[0]
+        out, inputs = _call(tail.outputs[0])
+        if not (_dense(out, keras.activations.softmax) and out.units >= 2 and len(inputs) == 1):
+            return None
+        relu, inputs = _call(inputs[0])
+        if not (_relu(relu) and len(inputs) == 1):
+            return None
+        add, summands = _call(inputs[0])
+        if not (type(add) is keras.layers.Add and len(summands) == 2):
+            return None
+        fc1 = conv = fc2 = None
+        for tensor in summands:
+            dense, inputs = _call(tensor)
+            if not (_dense(dense, keras.activations.linear) and len(inputs) == 1):
+                return None
+            flat, inputs = _call(inputs[0])
+            if not (type(flat) is keras.layers.Flatten and flat.data_format == "channels_last" and len(inputs) == 1):
+                return None
+            if inputs[0] is pool_out and fc1 is None:
+                fc1 = dense
+                continue
+            c, inputs = _call(inputs[0])
+            if (
+                type(c) is keras.layers.Conv2D
+                and conv is None
+                and len(inputs) == 1
+                and inputs[0] is pool_out
+                and _float32(c)
+                and c.activation is keras.activations.relu
+                and tuple(c.strides) == (1, 1)
+                and tuple(c.dilation_rate) == (1, 1)
+                and c.padding == "valid"
+                and c.groups == 1
+                and c.data_format == "channels_last"
+                and c.lora_rank is None
+            ):
+                conv, fc2 = c, dense
+                continue
+            return None
+        if fc1 is None or conv is None:
+            return None
+        return cls(pool_out.shape[1:], fc1, conv, fc2, out)
+
+    def initial_state(self, pooled: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """``a1`` (n, F1) and ``c4`` (n, Ho, Wo, F4) of the unpruned tail, float32."""
+        n = len(pooled)
+        a1 = np.empty((n, self._w1_by_channel.shape[-1]), dtype=np.float32)
+        c4 = np.empty((n, *self.conv_shape), dtype=np.float32)
+        for lo in range(0, n, chunk):
+            a, c = self._initial(pooled[lo : lo + chunk])
+            a1[lo : lo + chunk], c4[lo : lo + chunk] = a.numpy(), c.numpy()
+        return a1, c4
+
+    def logits(self, a1: np.ndarray, c4: np.ndarray) -> np.ndarray:
+        """The tail's logits (before the softmax) from state rows ``a1``, ``c4``, float32."""
+        return self._logits(a1, c4).numpy()
+
+    def prune(self, x: np.ndarray, channel: int, a1: np.ndarray, c4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Remove channel ``channel`` (``x``: (m, H, W), its pooled values) from the state rows ``a1``, ``c4``.
+
+        Returns the new ``a1``, ``c4``, each image's best class and the gap between its two best logits.
+        """
+        a1, c4, best, gap = self._step(a1, c4, x, self._w1_by_channel[channel], self._k4_by_channel[channel])
+        return a1.numpy(), c4.numpy(), best.numpy().astype(np.int64), gap.numpy().astype(np.float64)
+
 
 # ----------------------------------------------------------------------------------------------
 # The engine
@@ -51,9 +239,11 @@ class SweepEngine:
 
     Works for any single-output Keras functional model in which ``pool_layer`` directly follows
     ``conv_layer`` (a Conv2D whose activation maps 0 to 0) and is a max/average pooling layer.
-    ``mode`` picks how a step is evaluated: ``"changed"`` (the default: the tail sub-model on the
-    reference batches holding an affected image) or ``"tail"`` (the tail sub-model on every image:
-    the plain cached-prefix re-run, kept as a benchmark baseline). Both give the same predictions.
+    ``mode`` picks how a step is evaluated: ``"changed"`` (the default: only the images the step
+    touches; through ``LinearTail`` when the tail has the CSAW form and ``closed_form`` is true,
+    else the tail sub-model on the reference batches holding an affected image) or ``"tail"`` (the
+    tail sub-model on every image: the plain cached-prefix re-run, kept as a benchmark baseline).
+    All give the same predictions.
     """
 
     def __init__(
@@ -64,6 +254,7 @@ class SweepEngine:
         batch_size: int = DEFAULT_BATCH_SIZE,
         mode: str = "changed",
         tie_margin: float = DEFAULT_TIE_MARGIN,
+        closed_form: bool = True,
     ) -> None:
         if mode not in ("changed", "tail"):
             raise ValueError(f"mode must be 'changed' or 'tail', got {mode!r}")
@@ -72,13 +263,21 @@ class SweepEngine:
         self.pool_layer = pool_layer
         self.batch_size = batch_size
         self.tie_margin = tie_margin
+        # The same margin on logits: for softmax scores s1 >= s2 of logits z1 >= z2,
+        # (s1 - s2) / (s1 + s2) = tanh((z1 - z2) / 2).
+        self._logit_margin = 2.0 * float(np.arctanh(min(tie_margin, 1.0 - 1e-12)))
         check_prunable(model, conv_layer, pool_layer)
         pool = model.get_layer(pool_layer)
         self.tail = keras.Model(pool.output, model.outputs[0], name=f"tail_after_{pool_layer}")
         self.mode = mode
-        #: Image evaluations of the tail over the last run (the sweep's work; a naive sweep does 61 per image).
+        #: The tail in closed form (``LinearTail``) when ``mode="changed"``, ``closed_form`` and the tail
+        #: has the recognised shape; otherwise None and touched images go through the Keras tail.
+        self.linear = LinearTail.recognise(self.tail) if (closed_form and mode == "changed") else None
+        #: Image evaluations of the Keras tail over the last run (a naive sweep does 61 per image).
         self.evaluated = 0
-        #: Images whose class was settled by re-running their reference batch because of a near tie.
+        #: Image evaluations of the closed-form tail over the last run.
+        self.closed_form_evaluated = 0
+        #: Images whose class was settled by the Keras tail at their reference place because of a near tie.
         self.near_ties = 0
 
     # ------------------------------------------------------------------------------------------
@@ -121,6 +320,64 @@ class SweepEngine:
             self.near_ties += ties.size
             self._exact_classes(pooled, keep, np.unique(self._batch_of[ties]), out)
 
+    def _closed_form_classes(self, pooled, channel, touched, state, k, out, ties) -> None:
+        """Classes of the ``touched`` images after pruning ``channel`` (step ``k``), from the closed-form tail.
+
+        Its float32 logits differ from the Keras tail's by float rounding only, far less than the
+        tie margin (``tests/test_sweep.py`` measures it on the real weights), so an image whose
+        two best logits are further apart than the margin has the class Keras gives it. A near
+        tie gets the placeholder ``-(its number + 1)`` and is settled at the end (``_settle_ties``).
+        """
+        a1, c4 = state
+        for s in range(0, touched.size, CLOSED_FORM_CHUNK):
+            idx = touched[s : s + CLOSED_FORM_CHUNK]
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            rows = slice(lo, hi) if hi - lo == idx.size else idx  # a run of consecutive images: no gather
+            a1[rows], c4[rows], classes, gaps = self.linear.prune(pooled[rows, :, :, channel], channel, a1[rows], c4[rows])
+            self.closed_form_evaluated += idx.size
+            near = ~(gaps > CLOSED_FORM_MARGIN_FACTOR * self._logit_margin)  # NaN counts as a near tie
+            if near.any():
+                first = sum(len(t[1]) for t in ties)
+                classes[near] = -(first + 1 + np.arange(int(near.sum())))
+                ties.append((k, idx[near]))
+            out[idx] = classes
+
+    def _settle_ties(self, pooled: np.ndarray, order: Sequence[int], ties: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
+        """Replace the near-tie placeholders in ``out`` by the Keras tail's classes at the images' reference places.
+
+        The Keras tail's result for an image depends on the size of its batch and its place in it,
+        not on the other images' values (``tests/test_sweep.py`` checks this bit for bit on the real
+        weights). So the near ties of the whole sweep, each with the channels pruned at its step, are
+        evaluated together: each at its own place in a batch of its reference batch's size, the other
+        places zero. Ties at the same place and batch size go into separate batches.
+        """
+        steps = np.concatenate([np.full(len(i), k) for k, i in ties])
+        images = np.concatenate([i for _, i in ties])
+        self.near_ties += images.size
+        rank = np.full(pooled.shape[-1], len(order))
+        rank[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+        batch = self._batch_of[images]
+        starts = np.array([lo for lo, _ in self._bounds])[batch]
+        sizes = np.array([hi - lo for lo, hi in self._bounds])[batch]
+        places = images - starts
+        key = sizes * (self.batch_size + 1) + places
+        by_key = np.argsort(key, kind="stable")
+        first = np.searchsorted(key[by_key], key[by_key])
+        round_ = np.empty_like(by_key)
+        round_[by_key] = np.arange(by_key.size) - first  # how many earlier ties share this size and place
+        classes = np.empty(images.size, dtype=np.int64)
+        for size in np.unique(sizes):
+            for r in np.unique(round_[sizes == size]):
+                members = np.flatnonzero((sizes == size) & (round_ == r))
+                keep = (rank[None, :] >= steps[members, None]).astype(np.float32)
+                x = np.zeros((int(size), *pooled.shape[1:]), dtype=np.float32)
+                x[places[members]] = pooled[images[members]] * keep[:, None, None, :]
+                scores = self.tail.predict_on_batch(x)
+                classes[members] = np.argmax(scores[places[members]], axis=-1)
+                self.evaluated += int(size)
+        pending = out < 0
+        out[pending] = classes[-out[pending] - 1]
+
     def _layout(self, sizes: Sequence[int]) -> None:
         """Reference batches: each set is cut into ``batch_size`` chunks from its own start, as ``predict`` does."""
         bounds, batch_of = [], []
@@ -149,11 +406,17 @@ class SweepEngine:
             raise ValueError(f"order must list distinct channels in [0, {n_channels})")
         self._layout(sizes)
         all_batches = np.arange(len(self._bounds))
-        self.evaluated = self.near_ties = 0
+        self.evaluated = self.closed_form_evaluated = self.near_ties = 0
         keep = np.ones(n_channels, dtype=np.float32)
         out = np.empty((len(order) + 1, n), dtype=np.int64)
         self._exact_classes(pooled, keep, all_batches, out[0])
         flat = pooled.reshape(n, -1, n_channels)
+        nonzero = np.empty((n, n_channels), dtype=bool)  # which channels an image has anything in
+        for lo in range(0, n, self.batch_size):
+            nonzero[lo : lo + self.batch_size] = flat[lo : lo + self.batch_size].any(axis=1)
+        if self.linear is not None:
+            state = self.linear.initial_state(pooled)
+            ties: list[tuple[int, np.ndarray]] = []
         for k, channel in enumerate(tqdm(order, desc="pruning sweep", unit="channel", disable=not progress), start=1):
             keep[channel] = 0.0
             out[k] = out[k - 1]
@@ -162,9 +425,15 @@ class SweepEngine:
                 continue
             # Images whose channel is already zero everywhere are unchanged by this step; re-running
             # a batch re-creates its other images' predictions bit for bit (same inputs, same batch).
-            touched = np.flatnonzero(flat[:, :, channel].any(axis=1))
-            if touched.size:
+            touched = np.flatnonzero(nonzero[:, channel])
+            if touched.size == 0:
+                continue
+            if self.linear is not None:
+                self._closed_form_classes(pooled, channel, touched, state, k, out[k], ties)
+            else:
                 self._touched_classes(pooled, keep, touched, out[k])
+        if self.linear is not None and ties:
+            self._settle_ties(pooled, order, ties, out)
         splits = np.cumsum(sizes)[:-1]
         return np.split(out, splits, axis=1)
 

@@ -12,10 +12,10 @@ from lib.errors import InputError
 from lib.sweep import SweepEngine, naive_predictions, threshold_steps, validate_thresholds
 
 
-def _sweep_vs_naive(model, image_sets, batch_size, steps=None, mode="changed"):
+def _sweep_vs_naive(model, image_sets, batch_size, steps=None, mode="changed", closed_form=True):
     pooled = [pool_activations(model, x, "pool_3", batch_size=batch_size, progress=False) for x in image_sets]
     order = pruning_order(mean_channel_activations(pooled[0]))
-    engine = SweepEngine(model, "conv_3", "pool_3", batch_size=batch_size, mode=mode)
+    engine = SweepEngine(model, "conv_3", "pool_3", batch_size=batch_size, mode=mode, closed_form=closed_form)
     fast = engine.predictions(pooled, order, progress=False)
     steps = range(len(order) + 1) if steps is None else steps
     naive = naive_predictions(model, "conv_3", image_sets, order, steps, batch_size=batch_size)
@@ -28,7 +28,34 @@ def _sweep_vs_naive(model, image_sets, batch_size, steps=None, mode="changed"):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sweep_equals_naive_on_random_models(seed):
-    _sweep_vs_naive(tiny_deepid(seed=seed), [tiny_images(300, seed), tiny_images(130, seed + 10)], batch_size=64)
+    engine, _ = _sweep_vs_naive(tiny_deepid(seed=seed), [tiny_images(300, seed), tiny_images(130, seed + 10)], batch_size=64)
+    assert engine.linear is not None and engine.closed_form_evaluated > 0, "the CSAW head goes through the closed form"
+
+
+def test_keras_path_for_the_csaw_head_equals_naive():
+    """The path every other tail takes, forced on the CSAW head (``closed_form=False``)."""
+    engine, _ = _sweep_vs_naive(tiny_deepid(seed=11), [tiny_images(300, 11), tiny_images(130, 21)], batch_size=64, closed_form=False)
+    assert engine.linear is None and engine.closed_form_evaluated == 0
+
+
+def _head_variant(kind, seed=12):
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((14, 12, 3))
+    h = layers.Conv2D(4, 3, activation="relu", name="conv_1")(x)
+    p = layers.MaxPooling2D(2, name="pool_3")(layers.Conv2D(10, 3, activation="relu", name="conv_3")(h))
+    c4 = layers.Conv2D(6, 2, activation="tanh" if kind == "tanh conv" else "relu")(p)
+    f1 = layers.Dense(12)(layers.Flatten()(p))
+    f2 = layers.Dense(12)(layers.Flatten()(c4))
+    merged = layers.Subtract()([f1, f2]) if kind == "subtract" else layers.Add()([f1, f2])
+    out = layers.Dense(7, activation="softmax" if kind != "linear output" else None)(layers.Activation("relu")(merged))
+    return keras.Model(x, out)
+
+
+@pytest.mark.parametrize("kind", ["tanh conv", "subtract", "linear output"])
+def test_near_miss_heads_fall_back_to_the_keras_path(kind):
+    model = _head_variant(kind)
+    engine, _ = _sweep_vs_naive(model, [tiny_images(120, 13)], batch_size=32)
+    assert engine.linear is None
 
 
 def test_exact_ties_are_broken_as_keras_does():
@@ -41,8 +68,9 @@ def test_exact_ties_are_broken_as_keras_does():
     kernel[:, 1] += 50.0 * np.abs(kernel).max()  # make class 1 (and its twin 4) win often
     kernel[:, 4] = kernel[:, 1]
     out.set_weights([kernel, bias])
-    _, fast = _sweep_vs_naive(model, [tiny_images(200, 5)], batch_size=64)
+    engine, fast = _sweep_vs_naive(model, [tiny_images(200, 5)], batch_size=64)
     assert not np.any(fast[0] == 4)
+    assert engine.linear is not None and engine.near_ties > 0, "the ties are settled by the Keras tail"
 
 
 def test_any_tail_after_the_pooling_layer_is_exact():
@@ -54,7 +82,8 @@ def test_any_tail_after_the_pooling_layer_is_exact():
     y = layers.Activation("tanh")(p)  # not linear: no incremental fast path
     y = layers.Dense(6, activation="softmax")(layers.Flatten()(y))
     model = keras.Model(x, y)
-    _sweep_vs_naive(model, [tiny_images(150, 6), tiny_images(70, 7)], batch_size=32)
+    engine, _ = _sweep_vs_naive(model, [tiny_images(150, 6), tiny_images(70, 7)], batch_size=32)
+    assert engine.linear is None, "not the CSAW form: the Keras path"
 
 
 @pytest.mark.parametrize("mode", ["tail"])
@@ -74,8 +103,10 @@ def test_unaffected_images_are_not_reevaluated():
     order = pruning_order(mean_channel_activations(pooled))
     engine = SweepEngine(model, "conv_3", "pool_3", batch_size=10)
     engine.predictions([pooled], order, progress=False)
-    touched_batches = sum(len(np.unique(np.flatnonzero(pooled[..., c].reshape(100, -1).any(axis=1)) // 10)) for c in order)
+    touched = [np.flatnonzero(pooled[..., c].reshape(100, -1).any(axis=1)) for c in order]
+    touched_batches = sum(len(np.unique(t // 10)) for t in touched)
     assert engine.evaluated <= 100 + 10 * touched_batches + 10 * engine.near_ties
+    assert engine.closed_form_evaluated == sum(len(t) for t in touched)
     assert engine.evaluated < 100 * (len(order) + 1)
 
 
@@ -83,7 +114,8 @@ def test_real_csaw_weights_sweep_equals_naive_at_every_step(lab3_model):
     """The acceptance test: the real lab-3 BadNet, 60 channels, two sets with partial last batches."""
     sets = [smooth_images(700, 0), smooth_images(450, 1)]
     engine, _ = _sweep_vs_naive(lab3_model, sets, batch_size=256)
-    assert engine.evaluated < 1150 * 61
+    assert engine.linear is not None
+    assert engine.evaluated + engine.closed_form_evaluated < 1150 * 61
 
 
 def test_engine_refuses_models_it_cannot_prune():
@@ -125,3 +157,51 @@ def test_batch_layout_moves_scores_far_less_than_the_tie_margin(lab3_model):
     moved = np.abs(other - reference).max(axis=-1) / (top2[:, 0] + top2[:, 1])
     assert moved.max() < DEFAULT_TIE_MARGIN / 100
     assert moved.max() > 0, "the layouts do differ in float rounding (else this test checks nothing)"
+
+
+def test_keras_tail_rows_do_not_depend_on_the_other_rows(lab3_model):
+    """What settling near ties in shared batches relies on: a row's scores, bit for bit, depend on
+    the batch size and the row's place, not on what the other rows hold."""
+    pooled = pool_activations(lab3_model, smooth_images(300, 4), "pool_3", batch_size=256, progress=False)
+    tail = SweepEngine(lab3_model, "conv_3", "pool_3").tail
+    for size in (256, 44):
+        batch = pooled[:size].copy()
+        batch[..., :25] = 0
+        reference = tail.predict_on_batch(batch)
+        rows = np.random.default_rng(size).choice(size, 5, replace=False)
+        for filler in (np.zeros_like(batch), pooled[-size:][::-1]):
+            mixed = filler.copy()
+            mixed[rows] = batch[rows]
+            np.testing.assert_array_equal(tail.predict_on_batch(mixed)[rows], reference[rows])
+
+
+def test_closed_form_logits_are_far_closer_to_keras_than_its_margin(lab3_model):
+    """The closed form decides a class only when its two best logits are further apart than
+    CLOSED_FORM_MARGIN_FACTOR tie margins; its logits must stay far closer than that to Keras's,
+    through all 60 incremental updates. Compared on Keras's softmax scores: for each class j,
+    log(s_j / s_best) against z_j - z_best (softmax scores of logits z: s_j / s_i = exp(z_j - z_i))."""
+    from lib.sweep import CLOSED_FORM_MARGIN_FACTOR, DEFAULT_TIE_MARGIN
+
+    pooled = pool_activations(lab3_model, smooth_images(600, 5), "pool_3", batch_size=256, progress=False)
+    order = pruning_order(mean_channel_activations(pooled))
+    engine = SweepEngine(lab3_model, "conv_3", "pool_3", batch_size=256)
+    tail = engine.linear
+    a1, c4 = tail.initial_state(pooled)
+    keep = np.ones(pooled.shape[-1], dtype=np.float32)
+    worst = 0.0
+    for k, channel in enumerate(order, start=1):
+        a1, c4, _, _ = tail.prune(pooled[..., channel], channel, a1, c4)
+        keep[channel] = 0.0
+        if k % 10 and k < 55:
+            continue
+        z = tail.logits(a1, c4).astype(np.float64)
+        scores = np.concatenate([engine.tail.predict_on_batch(pooled[i : i + 256] * keep) for i in range(0, 600, 256)]).astype(np.float64)
+        rows, best = np.arange(600), np.argmax(z, axis=-1)
+        with np.errstate(divide="ignore"):
+            log_scores = np.log(scores)
+        error = (log_scores - log_scores[rows, best][:, None]) - (z - z[rows, best][:, None])
+        worst = max(worst, float(np.abs(error[scores > 0]).max()))
+    logit_margin = 2 * np.arctanh(DEFAULT_TIE_MARGIN)
+    assert worst < 0.3 * logit_margin, "measured: up to 20 % of the tie margin after the last channels"
+    assert worst < CLOSED_FORM_MARGIN_FACTOR * logit_margin / 10
+    assert worst > 0
