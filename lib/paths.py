@@ -126,9 +126,5 @@ def format_threshold(threshold: float) -> str:
     return f"{float(threshold):g}"
 
 
-def dataset_files(dataset: str) -> DatasetFiles:
-    return DatasetFiles(data_root() / dataset)
-
-
 def result_files(dataset: str) -> ResultFiles:
     return ResultFiles(results_root() / dataset)

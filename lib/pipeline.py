@@ -19,9 +19,9 @@ import pandas as pd
 
 from lib import activations as act
 from lib.atomic import write_text
+from lib.catalog import DatasetSpec, TriggerFiles, dataset_folder, dataset_spec
 from lib.datasets import ImageSet, check_paired, load_image_set
 from lib.errors import InputError
-from lib.catalog import DatasetSpec, TriggerFiles, dataset_folder, dataset_spec
 from lib.finetune import FineTuneSettings, fine_tune
 from lib.goodnet import Evaluated, combine, evaluation_row, goodnet_table, markdown_table
 from lib.goodnet_model import build_goodnet, save_goodnet
