@@ -238,7 +238,7 @@ def run_sweep(
                 "channels_pruned": k,
                 "fraction": None if k is None else k / n_channels,
                 "clean_accuracy": None if step is None else step["clean_accuracy"],
-                "attack_success_rate": None if step is None or pd.isna(step["attack_success_rate"]) else step["attack_success_rate"],
+                "attack_success_rate": None if step is None else step["attack_success_rate"],
                 "model": None if k is None else path.relative_to(out.root).as_posix(),
             }
         )
