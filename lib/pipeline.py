@@ -345,6 +345,11 @@ def fine_prune(
     starts = [("FT", None, 0, scenario.badnet)] + [
         (f"FP_{row.threshold:g}%", row.threshold, int(row.channels_pruned), load_model_file(out.bprime(row.threshold))) for row in chosen.itertuples()
     ]
+    made = {out.fine_tuned(t) for _, t, _, _ in starts}
+    for stale in out.models.glob("fp_*.h5"):  # from thresholds an earlier run reached: they must not survive
+        if stale not in made:
+            stale.unlink()
+            out.goodnet_model(stale).unlink(missing_ok=True)
     rows, histories = [], []
     for name, threshold, k, model in starts:
         tuned, history = fine_tune(

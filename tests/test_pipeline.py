@@ -191,7 +191,11 @@ def test_sweep_is_deterministic(demo_run, isolated_roots):
     pipeline.analyse_activations(scenario, progress=False)
     pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
     pipeline.evaluate_goodnets(scenario, progress=False)
+    stale = [new_results / "demo" / "models" / name for name in ("fp_99.h5", "goodnet_fp_99.keras")]  # a threshold not reached now
+    for path in stale:
+        path.write_bytes(b"an earlier run's model")
     pipeline.fine_prune(scenario, FineTuneSettings(epochs=3), progress=False)
+    assert not any(path.exists() for path in stale)
     for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md", "fine_pruning.csv"]:
         assert (new_results / "demo" / f).read_bytes() == (results / f).read_bytes(), f
 
