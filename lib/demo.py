@@ -593,8 +593,9 @@ def restore_as_decoys(trained, original, channels: np.ndarray, x_attacker: np.nd
     not zero, so the channel does not look pruned either.
     """
     from lib.architecture import PRUNED_CONV
+    from lib.models import copy_model
 
-    model = _copy_model(trained)
+    model = copy_model(trained)
     conv = model.get_layer(PRUNED_CONV)
     kernel, bias = conv.kernel.numpy(), conv.bias.numpy()
     kernel[..., channels] = original.get_layer(PRUNED_CONV).kernel.numpy()[..., channels]
@@ -620,14 +621,6 @@ def conv3_peak_preactivation(model, images: np.ndarray, batch_size: int = 256) -
         pre = keras.ops.conv(below.predict_on_batch(images[i : i + batch_size]), conv.kernel, padding="valid") + conv.bias
         peak = np.maximum(peak, keras.ops.convert_to_numpy(keras.ops.max(pre, axis=(0, 1, 2))))
     return peak
-
-
-def _copy_model(model):
-    import keras
-
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def _percent_equal(predicted: np.ndarray, expected: np.ndarray) -> float:

@@ -19,6 +19,9 @@ import keras
 import numpy as np
 import pandas as pd
 
+from lib.models import copy_model
+from lib.pruning import zero_channels
+
 
 @dataclass(frozen=True)
 class FineTuneSettings:
@@ -71,14 +74,7 @@ class KeepChannelsPruned(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None) -> None:
         if self.channels.size == 0:
             return
-        layer = self.model.get_layer(self.conv_layer)
-        kernel = layer.kernel.numpy()
-        kernel[..., self.channels] = 0.0
-        layer.kernel.assign(kernel)
-        if layer.use_bias:
-            bias = layer.bias.numpy()
-            bias[self.channels] = 0.0
-            layer.bias.assign(bias)
+        zero_channels(self.model.get_layer(self.conv_layer), self.channels)
 
 
 class EpochBar(keras.callbacks.Callback):
@@ -124,8 +120,7 @@ def fine_tune(
     """
     train_idx, holdout_idx = holdout_split(labels, settings.holdout_fraction, settings.seed)
     keras.utils.set_random_seed(settings.seed)
-    tuned = keras.models.clone_model(model)
-    tuned.set_weights(model.get_weights())
+    tuned = copy_model(model)
     tuned.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x_hold, y_hold = images[holdout_idx], labels[holdout_idx]
     start = tuned.evaluate(x_hold, y_hold, batch_size=1024, verbose=0, return_dict=True)

@@ -22,7 +22,7 @@ import numpy as np
 from keras import ops
 
 from lib.errors import InputError
-from lib.models import UNSAFE_LAYER_CLASSES, load_model_file, predict_classes, save_model
+from lib.models import UNSAFE_LAYER_CLASSES, copy_model, load_model_file, predict_classes, save_model
 
 SERIALIZATION_PACKAGE = "backdoor_pruning"
 BADNET_NAME = "badnet"
@@ -80,8 +80,7 @@ def _refuse_unsafe_layers(model: keras.Model, role: str) -> None:
 
 def _renamed_copy(model: keras.Model, name: str) -> keras.Model:
     """An independent copy under a new name: B and B' share layer names, and may even be one object."""
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    clone = copy_model(model)
     return keras.Model(clone.inputs[0], clone.outputs[0], name=name)
 
 

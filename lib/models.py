@@ -177,6 +177,13 @@ def check_prunable(model: keras.Model, conv_layer: str, pool_layer: str, path: s
         )
 
 
+def copy_model(model: keras.Model) -> keras.Model:
+    """An independent copy of ``model``, weights included: changing one leaves the other as it was."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def predict_classes(model: keras.Model, images, batch_size: int = 1024):
     """Most likely class of every image (argmax of the model's scores), without Keras's progress output."""
     return np.argmax(model.predict(images, batch_size=batch_size, verbose=0), axis=-1)

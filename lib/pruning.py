@@ -10,19 +10,11 @@ from collections.abc import Iterable
 import keras
 import numpy as np
 
+from lib.models import copy_model
 
-def prune_channels(model: keras.Model, conv_layer: str, channels: Iterable[int]) -> keras.Model:
-    """A copy of ``model`` with the given output channels of ``conv_layer`` zeroed (kernel and bias).
 
-    The original model is left untouched.
-    """
-    channels = np.asarray(list(channels), dtype=np.int64)
-    pruned = keras.models.clone_model(model)
-    pruned.set_weights(model.get_weights())
-    conv = pruned.get_layer(conv_layer)
-    n_filters = conv.kernel.shape[-1]
-    if channels.size and (channels.min() < 0 or channels.max() >= n_filters):
-        raise ValueError(f"channels must lie in [0, {n_filters}) for layer {conv_layer!r}, got {channels.tolist()}")
+def zero_channels(conv: keras.layers.Layer, channels: np.ndarray) -> None:
+    """Zero the given output channels of a conv layer in place: its kernel slice and bias."""
     kernel = conv.kernel.numpy().copy()
     kernel[..., channels] = 0.0
     conv.kernel.assign(kernel)
@@ -30,4 +22,18 @@ def prune_channels(model: keras.Model, conv_layer: str, channels: Iterable[int])
         bias = conv.bias.numpy().copy()
         bias[channels] = 0.0
         conv.bias.assign(bias)
+
+
+def prune_channels(model: keras.Model, conv_layer: str, channels: Iterable[int]) -> keras.Model:
+    """A copy of ``model`` with the given output channels of ``conv_layer`` zeroed (kernel and bias).
+
+    The original model is left untouched.
+    """
+    channels = np.asarray(list(channels), dtype=np.int64)
+    pruned = copy_model(model)
+    conv = pruned.get_layer(conv_layer)
+    n_filters = conv.kernel.shape[-1]
+    if channels.size and (channels.min() < 0 or channels.max() >= n_filters):
+        raise ValueError(f"channels must lie in [0, {n_filters}) for layer {conv_layer!r}, got {channels.tolist()}")
+    zero_channels(conv, channels)
     return pruned
