@@ -1,6 +1,6 @@
 """Benchmark: the full 60-channel pruning sweep on the real CSAW lab-3 BadNet, three ways, side by side.
 
-    make bench                        # or: .venv/bin/python benchmarks/sweep.py [--rounds 2] [--naive-steps 3]
+    make bench                        # or: .venv/bin/python benchmarks/sweep.py [--rounds 3] [--naive-steps 3]
 
 Contenders, timed in one run and interleaved round by round:
 
@@ -100,7 +100,7 @@ def engine_in_child(weights: str, paths: list[str], queue) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every contender (best round reported)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every contender (best round reported)")
     parser.add_argument("--naive-steps", type=int, default=3, help="pruning steps the naive contender measures per round")
     args = parser.parse_args()
 
@@ -187,8 +187,10 @@ def main() -> int:
     print(f"identical predictions: engine = tail = keras path at all 61 steps: {tail_ok and keras_ok}; engine = naive at the measured steps: {naive_ok}; child run = in-process run: {child_ok}")
     speedup = naive_sweep / best["engine"]
     ratio = best["engine"] / best["forward"]
-    print(f"speedup_vs_naive={speedup:.1f} sweep_vs_forward={ratio:.2f} peak_mb={peak_mb:.0f}")
+    per_round = [e / min(f, b) for e, f, b in zip(times["engine"], times["forward"], times["forward_batches"])]
+    print(f"engine / forward within each round: {' '.join(f'{r:.2f}' for r in per_round)} (this machine's noise)")
     print(f"side by side, best rounds: engine / forward {best['engine'] / best['forward']:.2f}, keras path / forward {best['keras'] / best['forward']:.2f}, engine / keras path {best['engine'] / best['keras']:.2f}")
+    print(f"speedup_vs_naive={speedup:.1f} sweep_vs_forward={ratio:.2f} peak_mb={peak_mb:.0f}")
     return 0 if (tail_ok and keras_ok and naive_ok and child_ok) else 1
 
 

@@ -12,8 +12,10 @@ the first to be pruned, are zero for almost every image, so those steps cost nex
 For the CSAW head (two heads from ``pool_3`` added, ReLU, softmax; see ``LinearTail``), the tail
 is not re-run either: fc_1 and conv_4 are linear in ``pool_3``, so their pre-activations are kept
 per image and pruning channel ``c`` only subtracts channel ``c``'s share; what is evaluated again
-for a touched image is fc_2 and the output layer (46 % of the tail's arithmetic). Other tails go
-through the Keras tail sub-model.
+for a touched image is fc_2 and the output layer (46 % of the tail's arithmetic). That state stays
+in TensorFlow and a whole step is one compiled call (``ClosedFormState``), which returns only
+each image's class and the gap between its two best logits, so the sweep costs little more than
+those two matrix products. Other tails go through the Keras tail sub-model.
 
 Why it is exact
 ---------------
@@ -54,6 +56,8 @@ DEFAULT_BATCH_SIZE = 1024
 DEFAULT_TIE_MARGIN = 1e-3
 #: Images evaluated together by the closed-form tail.
 CLOSED_FORM_CHUNK = 1024
+#: Classes per block when the closed-form tail finds each image's two best logits.
+TOP_TWO_BLOCK = 16
 #: The closed-form tail's near-tie margin, in multiples of the tie margin: its float32 state
 #: accumulates rounding over the steps (measured on the real CSAW weights: its logits stay within
 #: 20 % of the tie margin of Keras's, so within 5 % of this wider margin; ``tests/test_sweep.py``).
@@ -102,14 +106,15 @@ class LinearTail:
 
     with linear ``Dense_1``/``Dense_2``, a stride-1 ``valid`` channels-last ``Conv2D`` with ReLU
     and float32 layers. The pre-activations ``a1 = Dense_1(Flatten(P))`` and ``c4 = Conv2D(P)``
-    (before its ReLU) are linear in ``P``, so pruning channel ``c`` only subtracts channel ``c``'s
-    share of them (for CSAW: 20 and 4 weights per output instead of 1,200 and 240): the state
-    ``(a1, c4)`` of every image is kept (float32) and updated in place, and of the tail only
-    ``Dense_2`` on the ReLU of ``c4`` and the output layer run again, on the touched images: 46 %
-    of the tail's multiply-adds. Computing the logits, not the softmax, is enough for the argmax.
-    The updates accumulate float32 rounding (no worse than evaluating the layers directly, a few
-    % of the tie margin, except after the last channels where the state is mostly cancelled
-    out: up to 20 %), hence ``CLOSED_FORM_MARGIN_FACTOR``.
+    (before its ReLU) are linear in ``P``, so pruning channel ``c`` subtracts channel ``c``'s share
+    of them: its H*W pooled values times a (H*W, F1) slice of ``Dense_1``'s kernel and a
+    (H*W, Ho*Wo*F4) matrix holding ``Conv2D``'s kernel at every output position (for CSAW 20 x 160
+    and 20 x 960 weights, against 1,200 x 160 and 2 x 2 x 60 x 80 for the layers themselves). Of
+    the tail only ``Dense_2`` on the ReLU of ``c4`` and the output layer run again, on the touched
+    images: 46 % of the tail's multiply-adds. The logits, not the softmax, are enough for the
+    argmax. The updates accumulate float32 rounding (no worse than evaluating the layers
+    directly, a few % of the tie margin, except after the last channels where the state is mostly
+    cancelled out: up to 20 %), hence ``CLOSED_FORM_MARGIN_FACTOR``.
     """
 
     def __init__(self, pool_shape, fc1, conv, fc2, out) -> None:
@@ -121,44 +126,74 @@ class LinearTail:
         w2, b2 = _weights(fc2)
         wo, bo = _weights(out)
         kh, kw, _, f4 = k4.shape
-        self.conv_shape = (h - kh + 1, w - kw + 1, f4)
+        oh, ow = h - kh + 1, w - kw + 1
+        self.pool_shape = (h, w, c)
+        self.hidden_units = w1.shape[1]
+        #: Conv2D's output (Ho, Wo, F4); the state keeps it flattened, as Flatten orders it.
+        self.conv_shape = (oh, ow, f4)
+        self.n_classes = wo.shape[1]
+        # Per channel, the linear maps from its (H*W) pooled values to a1 and to the flattened c4.
+        by_channel_conv = np.zeros((c, h * w, oh * ow * f4))
+        for y in range(oh):
+            for x in range(ow):
+                for dy in range(kh):
+                    for dx in range(kw):
+                        by_channel_conv[:, (y + dy) * w + (x + dx), (y * ow + x) * f4 : (y * ow + x + 1) * f4] = k4[dy, dx]
+        # The output layer padded to whole blocks of classes (see ``best_and_gap``); a padding
+        # class scores -inf, or NaN (a near tie) if the hidden layer is not finite.
+        self._blocks = -(-self.n_classes // TOP_TWO_BLOCK)
+        pad = self._blocks * TOP_TWO_BLOCK - self.n_classes
+        wo = np.concatenate([wo, np.zeros((wo.shape[0], pad))], axis=1)
+        bo = np.concatenate([bo, np.full(pad, -np.inf)])
         f32 = lambda a: tf.constant(np.asarray(a, dtype=np.float32))  # noqa: E731
-        # Per pruned channel: its rows of fc_1's kernel (H*W, F1) and its slice of conv_4's kernel (kh, kw, F4).
-        self._w1_by_channel = np.ascontiguousarray(w1.reshape(h * w, c, -1).transpose(1, 0, 2), dtype=np.float32)
-        self._k4_by_channel = np.ascontiguousarray(k4.transpose(2, 0, 1, 3), dtype=np.float32)
-        W1, B1, K4, B4, W2, B2, WO, BO = (f32(a) for a in (w1, b1, k4, b4, w2, b2, wo, bo))
-        n_classes = wo.shape[1]
-        oh, ow = self.conv_shape[:2]
+        self.fc1_by_channel = f32(w1.reshape(h * w, c, -1).transpose(1, 0, 2))
+        self.conv_by_channel = f32(by_channel_conv)
+        self._w1, self._b1, self._k4, self._b4, self._w2, self._b2, self._wo, self._bo = (f32(a) for a in (w1, b1, k4, b4, w2, b2, wo, bo))
 
-        def patches(x):  # (m, H, W, *C) -> (m * oh * ow, kh * kw * C), rows in conv_4's kernel order
-            m = tf.shape(x)[0]
-            windows = tf.stack([x[:, dy : dy + oh, dx : dx + ow] for dy in range(kh) for dx in range(kw)], axis=3)
-            return tf.reshape(windows, [m * oh * ow, -1])
+    def initial(self, x):
+        """``a1`` (m, F1) and the flattened ``c4`` (m, Ho*Wo*F4) of the unpruned tail, from pooled values ``x`` (m, H, W, C)."""
+        import tensorflow as tf
 
-        def initial(x):
-            m = tf.shape(x)[0]
-            a1 = tf.matmul(tf.reshape(x, [m, h * w * c]), W1) + B1
-            c4 = tf.reshape(tf.matmul(patches(x), tf.reshape(K4, [kh * kw * c, f4])), [m, oh, ow, f4]) + B4
-            return a1, c4
+        (h, w, c), (oh, ow, f4) = self.pool_shape, self.conv_shape
+        kh, kw = h - oh + 1, w - ow + 1
+        m = tf.shape(x)[0]
+        a1 = tf.matmul(tf.reshape(x, [m, h * w * c]), self._w1) + self._b1
+        # conv_4 as one matmul: every (kh, kw, C) window, in the kernel's order.
+        windows = tf.stack([x[:, dy : dy + oh, dx : dx + ow] for dy in range(kh) for dx in range(kw)], axis=3)
+        c4 = tf.matmul(tf.reshape(windows, [m * oh * ow, kh * kw * c]), tf.reshape(self._k4, [kh * kw * c, f4])) + self._b4
+        return a1, tf.reshape(c4, [m, oh * ow * f4])
 
-        def logits(a1, c4):
-            hidden = tf.nn.relu(tf.matmul(tf.nn.relu(tf.reshape(c4, [tf.shape(c4)[0], -1])), W2) + a1 + B2)
-            return tf.matmul(hidden, WO) + BO
+    def logits(self, a1, c4):
+        """The logits (before the softmax) from state rows ``a1``, ``c4``, padded with -inf to whole blocks of classes."""
+        import tensorflow as tf
 
-        def step(a1, c4, x, w1c, k4c):
-            m = tf.shape(x)[0]
-            a1 = a1 - tf.matmul(tf.reshape(x, [m, h * w]), w1c)
-            c4 = c4 - tf.reshape(tf.matmul(patches(x), tf.reshape(k4c, [kh * kw, f4])), [m, oh, ow, f4])
-            z = logits(a1, c4)
-            best = tf.argmax(z, axis=1, output_type=tf.int32)
-            first = tf.reduce_max(z, axis=1)
-            second = tf.reduce_max(tf.where(tf.one_hot(best, n_classes, on_value=True, off_value=False), -np.inf, z), axis=1)
-            return a1, c4, best, first - second
+        hidden = tf.nn.relu(tf.nn.bias_add(tf.matmul(tf.nn.relu(c4), self._w2), self._b2) + a1)
+        return tf.nn.bias_add(tf.matmul(hidden, self._wo), self._bo)
 
-        spec = lambda *shape: tf.TensorSpec(shape, tf.float32)  # noqa: E731
-        self._logits = tf.function(logits, input_signature=[spec(None, w1.shape[1]), spec(None, *self.conv_shape)])
-        self._initial = tf.function(initial, input_signature=[spec(None, h, w, c)])
-        self._step = tf.function(step, input_signature=[spec(None, w1.shape[1]), spec(None, *self.conv_shape), spec(None, h, w), spec(h * w, w1.shape[1]), spec(kh, kw, f4)])
+    def best_and_gap(self, z):
+        """Each row's argmax and its best logit minus its second best, from padded logits ``z``.
+
+        By blocks of ``TOP_TWO_BLOCK`` classes: block maxima, then the best block's own top two,
+        which costs one pass over ``z`` where TensorFlow's argmax and a masked second maximum
+        would cost several. The first of equal maxima wins, as in ``argmax``. The gap is NaN
+        where a logit is NaN (``reduce_max`` propagates it) or the best one is infinite.
+        """
+        import tensorflow as tf
+
+        m = tf.shape(z)[0]
+        blocks = tf.reshape(z, [m, self._blocks, TOP_TWO_BLOCK])
+        block_max = tf.reduce_max(blocks, axis=2)
+        best_block = tf.argmax(block_max, axis=1, output_type=tf.int32)
+        inside = tf.gather(blocks, best_block, axis=1, batch_dims=1)
+        best_inside = tf.argmax(inside, axis=1, output_type=tf.int32)
+        first = tf.reduce_max(inside, axis=1)
+
+        def without(values, index):
+            return tf.reduce_max(tf.where(tf.one_hot(index, tf.shape(values)[1], on_value=True, off_value=False), -np.inf, values), axis=1)
+
+        second = tf.maximum(without(inside, best_inside), without(block_max, best_block))
+        gap = tf.where(tf.math.is_finite(first), first - second, np.nan)
+        return best_block * TOP_TWO_BLOCK + best_inside, gap
 
     @classmethod
     def recognise(cls, tail: keras.Model) -> LinearTail | None:
@@ -208,27 +243,90 @@ class LinearTail:
             return None
         return cls(pool_out.shape[1:], fc1, conv, fc2, out)
 
-    def initial_state(self, pooled: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """``a1`` (n, F1) and ``c4`` (n, Ho, Wo, F4) of the unpruned tail, float32."""
-        n = len(pooled)
-        a1 = np.empty((n, self._w1_by_channel.shape[-1]), dtype=np.float32)
-        c4 = np.empty((n, *self.conv_shape), dtype=np.float32)
-        for lo in range(0, n, chunk):
-            a, c = self._initial(pooled[lo : lo + chunk])
-            a1[lo : lo + chunk], c4[lo : lo + chunk] = a.numpy(), c.numpy()
-        return a1, c4
+    def start(self, pooled: np.ndarray, chunk: int = CLOSED_FORM_CHUNK) -> ClosedFormState:
+        """The closed form's state of every image of ``pooled`` (n, H, W, C), to be pruned step by step."""
+        return ClosedFormState(self, pooled, chunk)
 
-    def logits(self, a1: np.ndarray, c4: np.ndarray) -> np.ndarray:
-        """The tail's logits (before the softmax) from state rows ``a1``, ``c4``, float32."""
-        return self._logits(a1, c4).numpy()
 
-    def prune(self, x: np.ndarray, channel: int, a1: np.ndarray, c4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Remove channel ``channel`` (``x``: (m, H, W), its pooled values) from the state rows ``a1``, ``c4``.
+def _over_chunks(total, chunk: int, evaluate):
+    """``evaluate(lo, hi)`` -> (classes, gaps) over ``[0, total)`` in chunks, one after the other, concatenated (in a graph)."""
+    import tensorflow as tf
 
-        Returns the new ``a1``, ``c4``, each image's best class and the gap between its two best logits.
-        """
-        a1, c4, best, gap = self._step(a1, c4, x, self._w1_by_channel[channel], self._k4_by_channel[channel])
-        return a1.numpy(), c4.numpy(), best.numpy().astype(np.int64), gap.numpy().astype(np.float64)
+    n_chunks = (total + chunk - 1) // chunk
+    arrays = (
+        tf.TensorArray(tf.int32, size=n_chunks, infer_shape=False, element_shape=tf.TensorShape([None])),
+        tf.TensorArray(tf.float32, size=n_chunks, infer_shape=False, element_shape=tf.TensorShape([None])),
+    )
+
+    def body(i, classes, gaps):
+        c, g = evaluate(i * chunk, tf.minimum((i + 1) * chunk, total))
+        return i + 1, classes.write(i, c), gaps.write(i, g)
+
+    _, classes, gaps = tf.while_loop(lambda i, *_: i < n_chunks, body, (tf.constant(0), *arrays), parallel_iterations=1)
+    return classes.concat(), gaps.concat()
+
+
+class ClosedFormState:
+    """The closed-form tail's state (``a1``, ``c4``) of every image, pruned channel by channel.
+
+    The state and the pooled values live in TensorFlow (variables updated in place) and a whole
+    step is one compiled call, which loops over its images ``chunk`` at a time and returns only
+    their classes and logit gaps: no per-chunk Python, no logits copied out. Created with every
+    image's unpruned state, whose classes and logit gaps are ``initial_classes``/``initial_gaps``.
+    """
+
+    def __init__(self, tail: LinearTail, pooled: np.ndarray, chunk: int) -> None:
+        import tensorflow as tf
+
+        n, (h, w, c) = len(pooled), tail.pool_shape
+        self._tail, self.chunk = tail, chunk
+        self._pooled = tf.constant(np.asarray(pooled, dtype=np.float32))
+        self._a1 = tf.Variable(tf.zeros([n, tail.hidden_units]), trainable=False)
+        self._c4 = tf.Variable(tf.zeros([n, int(np.prod(tail.conv_shape))]), trainable=False)
+        flat = tf.reshape(self._pooled, [-1])
+        positions = tf.range(h * w, dtype=tf.int64) * c  # of channel 0 within an image's flattened (H, W, C) values
+
+        def fill(x):  # the unpruned state of every image, from its pooled values x
+            def chunk_of(lo, hi):
+                a1, c4 = tail.initial(x[lo:hi])
+                rows = tf.range(lo, hi)
+                self._a1.scatter_update(tf.IndexedSlices(a1, rows))
+                self._c4.scatter_update(tf.IndexedSlices(c4, rows))
+                return tail.best_and_gap(tail.logits(a1, c4))
+
+            return _over_chunks(tf.shape(x)[0], chunk, chunk_of)
+
+        def step(images, channel):  # remove channel from the state of images
+            fc1, conv = tail.fc1_by_channel[channel], tail.conv_by_channel[channel]
+            offsets = positions + tf.cast(channel, tf.int64)
+
+            def chunk_of(lo, hi):
+                rows = images[lo:hi]
+                x = tf.gather(flat, tf.cast(rows, tf.int64)[:, None] * (h * w * c) + offsets)  # (m, H*W): the channel's values
+                a1 = tf.gather(self._a1, rows) - tf.matmul(x, fc1)
+                c4 = tf.gather(self._c4, rows) - tf.matmul(x, conv)
+                self._a1.scatter_update(tf.IndexedSlices(a1, rows))
+                self._c4.scatter_update(tf.IndexedSlices(c4, rows))
+                return tail.best_and_gap(tail.logits(a1, c4))
+
+            return _over_chunks(tf.shape(images)[0], chunk, chunk_of)
+
+        self._fill = tf.function(fill, autograph=False).get_concrete_function(tf.TensorSpec([None, h, w, c], tf.float32))
+        self._step = tf.function(step, autograph=False).get_concrete_function(tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32))
+        classes, gaps = self._fill(self._pooled)
+        #: Each image's best class and logit gap (as ``LinearTail.best_and_gap``) before any pruning.
+        self.initial_classes, self.initial_gaps = classes.numpy().astype(np.int64), gaps.numpy()
+
+    def prune(self, channel: int, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Remove ``channel`` from the state of ``images`` (distinct indices); their best classes and logit gaps."""
+        classes, gaps = self._step(np.asarray(images, dtype=np.int32), np.int32(channel))
+        return classes.numpy().astype(np.int64), gaps.numpy()
+
+    def logits(self) -> np.ndarray:
+        """The logits of every image in the current state, float32 (n, classes)."""
+        n = int(self._a1.shape[0])
+        z = np.concatenate([self._tail.logits(self._a1[lo : lo + self.chunk], self._c4[lo : lo + self.chunk]).numpy() for lo in range(0, n, self.chunk)])
+        return z[:, : self._tail.n_classes]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,27 +418,22 @@ class SweepEngine:
             self.near_ties += ties.size
             self._exact_classes(pooled, keep, np.unique(self._batch_of[ties]), out)
 
-    def _closed_form_classes(self, pooled, channel, touched, state, k, out, ties) -> None:
-        """Classes of the ``touched`` images after pruning ``channel`` (step ``k``), from the closed-form tail.
+    def _closed_form_classes(self, images: np.ndarray, classes: np.ndarray, gaps: np.ndarray, k: int, out: np.ndarray, ties: list) -> None:
+        """Write into ``out`` the classes of ``images`` at step ``k``, from the closed-form tail's ``classes`` and logit ``gaps``.
 
         Its float32 logits differ from the Keras tail's by float rounding only, far less than the
         tie margin (``tests/test_sweep.py`` measures it on the real weights), so an image whose
         two best logits are further apart than the margin has the class Keras gives it. A near
         tie gets the placeholder ``-(its number + 1)`` and is settled at the end (``_settle_ties``).
         """
-        a1, c4 = state
-        for s in range(0, touched.size, CLOSED_FORM_CHUNK):
-            idx = touched[s : s + CLOSED_FORM_CHUNK]
-            lo, hi = int(idx[0]), int(idx[-1]) + 1
-            rows = slice(lo, hi) if hi - lo == idx.size else idx  # a run of consecutive images: no gather
-            a1[rows], c4[rows], classes, gaps = self.linear.prune(pooled[rows, :, :, channel], channel, a1[rows], c4[rows])
-            self.closed_form_evaluated += idx.size
-            near = ~(gaps > CLOSED_FORM_MARGIN_FACTOR * self._logit_margin)  # NaN counts as a near tie
-            if near.any():
-                first = sum(len(t[1]) for t in ties)
-                classes[near] = -(first + 1 + np.arange(int(near.sum())))
-                ties.append((k, idx[near]))
-            out[idx] = classes
+        self.closed_form_evaluated += images.size
+        near = ~(gaps > CLOSED_FORM_MARGIN_FACTOR * self._logit_margin)  # NaN counts as a near tie
+        if near.any():
+            first = sum(len(t[1]) for t in ties)
+            classes = classes.copy()
+            classes[near] = -(first + 1 + np.arange(int(near.sum())))
+            ties.append((k, images[near]))
+        out[images] = classes
 
     def _settle_ties(self, pooled: np.ndarray, order: Sequence[int], ties: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
         """Replace the near-tie placeholders in ``out`` by the Keras tail's classes at the images' reference places.
@@ -409,14 +502,16 @@ class SweepEngine:
         self.evaluated = self.closed_form_evaluated = self.near_ties = 0
         keep = np.ones(n_channels, dtype=np.float32)
         out = np.empty((len(order) + 1, n), dtype=np.int64)
-        self._exact_classes(pooled, keep, all_batches, out[0])
         flat = pooled.reshape(n, -1, n_channels)
         nonzero = np.empty((n, n_channels), dtype=bool)  # which channels an image has anything in
         for lo in range(0, n, self.batch_size):
             nonzero[lo : lo + self.batch_size] = flat[lo : lo + self.batch_size].any(axis=1)
+        ties: list[tuple[int, np.ndarray]] = []
         if self.linear is not None:
-            state = self.linear.initial_state(pooled)
-            ties: list[tuple[int, np.ndarray]] = []
+            state = self.linear.start(pooled)
+            self._closed_form_classes(np.arange(n), state.initial_classes, state.initial_gaps, 0, out[0], ties)
+        else:
+            self._exact_classes(pooled, keep, all_batches, out[0])
         for k, channel in enumerate(tqdm(order, desc="pruning sweep", unit="channel", disable=not progress), start=1):
             keep[channel] = 0.0
             out[k] = out[k - 1]
@@ -429,10 +524,10 @@ class SweepEngine:
             if touched.size == 0:
                 continue
             if self.linear is not None:
-                self._closed_form_classes(pooled, channel, touched, state, k, out[k], ties)
+                self._closed_form_classes(touched, *state.prune(channel, touched), k, out[k], ties)
             else:
                 self._touched_classes(pooled, keep, touched, out[k])
-        if self.linear is not None and ties:
+        if ties:
             self._settle_ties(pooled, order, ties, out)
         splits = np.cumsum(sizes)[:-1]
         return np.split(out, splits, axis=1)

@@ -105,9 +105,53 @@ def test_unaffected_images_are_not_reevaluated():
     engine.predictions([pooled], order, progress=False)
     touched = [np.flatnonzero(pooled[..., c].reshape(100, -1).any(axis=1)) for c in order]
     touched_batches = sum(len(np.unique(t // 10)) for t in touched)
-    assert engine.evaluated <= 100 + 10 * touched_batches + 10 * engine.near_ties
-    assert engine.closed_form_evaluated == sum(len(t) for t in touched)
-    assert engine.evaluated < 100 * (len(order) + 1)
+    assert engine.closed_form_evaluated == 100 + sum(len(t) for t in touched), "the unpruned model, then the touched images"
+    assert engine.evaluated <= 10 * engine.near_ties, "the Keras tail only settles near ties, in batches of the reference size"
+    keras_path = SweepEngine(model, "conv_3", "pool_3", batch_size=10, closed_form=False)
+    keras_path.predictions([pooled], order, progress=False)
+    assert keras_path.evaluated <= 100 + 10 * touched_batches + 10 * keras_path.near_ties
+    assert keras_path.evaluated < 100 * (len(order) + 1)
+
+
+def test_best_and_gap_matches_a_plain_top_two():
+    """The closed form's block-wise top two, on 37 classes (3 blocks, padded): the first of equal maxima
+    wins as in argmax, and a NaN anywhere or an infinite best gives a NaN gap (a near tie)."""
+    tail = SweepEngine(tiny_deepid(n_classes=37), "conv_3", "pool_3").linear
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 37)).astype(np.float32)
+    z[1, [3, 30]] = 9.0  # exact tie across blocks
+    z[2, [17, 18]] = 9.0  # exact tie inside a block
+    z[3, 36] = 9.0  # best in the padded block
+    z[4, 5] = np.nan  # NaN outside the best block
+    z[5, int(np.argmax(z[5]))] = np.nan  # NaN as the best
+    z[6, 0] = np.inf
+    padded = np.concatenate([z, np.full((200, 48 - 37), -np.inf, dtype=np.float32)], axis=1)
+    best, gap = (t.numpy() for t in tail.best_and_gap(padded))
+    finite = np.arange(200) >= 7
+    top2 = -np.sort(-z[finite].astype(np.float64), axis=1)[:, :2]
+    np.testing.assert_array_equal(best[finite], np.argmax(z[finite], axis=1))
+    np.testing.assert_allclose(gap[finite], top2[:, 0] - top2[:, 1], rtol=1e-6)
+    assert (best[1], gap[1]) == (3, 0.0) and (best[2], gap[2]) == (17, 0.0) and best[3] == 36
+    assert np.isnan(gap[4:7]).all()
+
+
+def test_closed_form_state_is_the_same_in_any_chunking(lab3_model):
+    """A step runs over its images in chunks inside one compiled call: chunk boundaries (here 7 images,
+    not dividing 120) and the images' order change nothing beyond rounding, and an empty step is fine."""
+    pooled = pool_activations(lab3_model, smooth_images(120, 3), "pool_3", progress=False)
+    tail = SweepEngine(lab3_model, "conv_3", "pool_3").linear
+    order = pruning_order(mean_channel_activations(pooled))
+    whole, chunked = tail.start(pooled, chunk=1024), tail.start(pooled, chunk=7)
+    np.testing.assert_array_equal(whole.initial_classes, chunked.initial_classes)
+    rng = np.random.default_rng(3)
+    for channel in order[:40]:
+        images = rng.permutation(120)[: rng.integers(0, 121)]
+        (a, ga), (b, gb) = whole.prune(channel, images), chunked.prune(channel, np.sort(images))
+        order_back = np.argsort(np.argsort(images))
+        np.testing.assert_array_equal(a, b[order_back])
+        np.testing.assert_allclose(ga, gb[order_back], rtol=1e-4, atol=1e-4)
+    assert whole.prune(order[40], np.array([], dtype=np.int64))[0].size == 0
+    np.testing.assert_allclose(whole.logits(), chunked.logits(), rtol=1e-4, atol=1e-4)
 
 
 def test_real_csaw_weights_sweep_equals_naive_at_every_step(lab3_model):
@@ -185,16 +229,15 @@ def test_closed_form_logits_are_far_closer_to_keras_than_its_margin(lab3_model):
     pooled = pool_activations(lab3_model, smooth_images(600, 5), "pool_3", batch_size=256, progress=False)
     order = pruning_order(mean_channel_activations(pooled))
     engine = SweepEngine(lab3_model, "conv_3", "pool_3", batch_size=256)
-    tail = engine.linear
-    a1, c4 = tail.initial_state(pooled)
+    state = engine.linear.start(pooled)
     keep = np.ones(pooled.shape[-1], dtype=np.float32)
     worst = 0.0
     for k, channel in enumerate(order, start=1):
-        a1, c4, _, _ = tail.prune(pooled[..., channel], channel, a1, c4)
+        state.prune(channel, np.arange(600))
         keep[channel] = 0.0
         if k % 10 and k < 55:
             continue
-        z = tail.logits(a1, c4).astype(np.float64)
+        z = state.logits().astype(np.float64)
         scores = np.concatenate([engine.tail.predict_on_batch(pooled[i : i + 256] * keep) for i in range(0, 600, 256)]).astype(np.float64)
         rows, best = np.arange(600), np.argmax(z, axis=-1)
         with np.errstate(divide="ignore"):
