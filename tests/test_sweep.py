@@ -142,13 +142,16 @@ def test_closed_form_state_is_the_same_in_any_chunking(lab3_model):
     tail = SweepEngine(lab3_model, "conv_3", "pool_3").linear
     order = pruning_order(mean_channel_activations(pooled))
     whole, chunked = tail.start(pooled, chunk=1024), tail.start(pooled, chunk=7)
-    np.testing.assert_array_equal(whole.initial_classes, chunked.initial_classes)
+    clear = whole.initial_gaps > 1e-3
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(whole.initial_classes[clear], chunked.initial_classes[clear])
     rng = np.random.default_rng(3)
     for channel in order[:40]:
         images = rng.permutation(120)[: rng.integers(0, 121)]
         (a, ga), (b, gb) = whole.prune(channel, images), chunked.prune(channel, np.sort(images))
         order_back = np.argsort(np.argsort(images))
-        np.testing.assert_array_equal(a, b[order_back])
+        clear = ga > 1e-3  # classes further apart than rounding can move them
+        np.testing.assert_array_equal(a[clear], b[order_back][clear])
         np.testing.assert_allclose(ga, gb[order_back], rtol=1e-4, atol=1e-4)
     assert whole.prune(order[40], np.array([], dtype=np.int64))[0].size == 0
     np.testing.assert_allclose(whole.logits(), chunked.logits(), rtol=1e-4, atol=1e-4)
