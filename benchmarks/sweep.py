@@ -22,6 +22,7 @@ All sweeps must give identical predictions (the engine, ``keras`` and ``tail`` a
 the steps it measured); otherwise the benchmark exits 1. The last line is machine-readable:
 ``speedup_vs_naive=<x> sweep_vs_forward=<y> peak_mb=<z>``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,10 +47,16 @@ CONV, POOL = "conv_3", "pool_3"
 
 
 def weights_file() -> Path:
-    for p in (ROOT / "data" / "csaw-lab3" / "bd_weights.h5", ROOT.parent / "shared" / "csaw-models" / "lab3_bd_weights.h5"):
+    for p in (
+        ROOT / "data" / "csaw-lab3" / "bd_weights.h5",
+        ROOT.parent / "shared" / "csaw-models" / "lab3_bd_weights.h5",
+    ):
         if p.is_file():
             return p
-    sys.exit("benchmark: the CSAW lab-3 weights are needed: run `make data DATASET=csaw-lab3`, or place ../shared/csaw-models/lab3_bd_weights.h5")
+    sys.exit(
+        "benchmark: the CSAW lab-3 weights are needed: run `make data DATASET=csaw-lab3`, or place "
+        "../shared/csaw-models/lab3_bd_weights.h5"
+    )
 
 
 def input_files(workdir: Path) -> tuple[list[Path], str]:
@@ -100,8 +107,12 @@ def engine_in_child(weights: str, paths: list[str], queue) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every contender (best round reported)")
-    parser.add_argument("--naive-steps", type=int, default=3, help="pruning steps the naive contender measures per round")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of every contender (best round reported)"
+    )
+    parser.add_argument(
+        "--naive-steps", type=int, default=3, help="pruning steps the naive contender measures per round"
+    )
     args = parser.parse_args()
 
     from lib.activations import mean_channel_activations, pool_activations, pruning_order
@@ -115,7 +126,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths, what = input_files(Path(tmp))
         print(f"weights: {weights}\ninputs:  {what}")
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
+            f"{platform.python_version()}"
+        )
 
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -127,7 +141,14 @@ def main() -> int:
         model = load_model_file(weights)
         sets = [load_image_set(p).images for p in paths]
         n_images = sum(len(s) for s in sets)
-        times: dict[str, list[float]] = {"forward": [], "forward_batches": [], "engine": [], "keras": [], "tail": [], "naive_step": []}
+        times: dict[str, list[float]] = {
+            "forward": [],
+            "forward_batches": [],
+            "engine": [],
+            "keras": [],
+            "tail": [],
+            "naive_step": [],
+        }
         engine_preds = tail_preds = keras_preds = None
         evaluated = closed_form_evaluated = near_ties = 0
         naive_ok = True
@@ -149,7 +170,11 @@ def main() -> int:
             engine = SweepEngine(model, CONV, POOL)
             engine_preds = engine.predictions(pooled, order, progress=False)
             times["engine"].append(time.perf_counter() - t)
-            evaluated, closed_form_evaluated, near_ties = engine.evaluated, engine.closed_form_evaluated, engine.near_ties
+            evaluated, closed_form_evaluated, near_ties = (
+                engine.evaluated,
+                engine.closed_form_evaluated,
+                engine.near_ties,
+            )
 
             t = time.perf_counter()
             pooled = [pool_activations(model, s, POOL, progress=False) for s in sets]
@@ -166,30 +191,53 @@ def main() -> int:
             naive = naive_predictions(model, CONV, sets, order, steps)
             times["naive_step"].append((time.perf_counter() - t) / len(steps))
             for k in steps:
-                for e, n in zip(engine_preds, naive[k]):
+                for e, n in zip(engine_preds, naive[k], strict=False):
                     naive_ok &= bool(np.array_equal(e[k], n))
-            print(f"round {r + 1}: forward {times['forward'][-1]:.1f} s (batch loop {times['forward_batches'][-1]:.1f} s), engine {times['engine'][-1]:.1f} s, keras path {times['keras'][-1]:.1f} s, tail {times['tail'][-1]:.1f} s, naive {times['naive_step'][-1]:.1f} s/step (steps {steps})")
+            print(
+                f"round {r + 1}: forward {times['forward'][-1]:.1f} s (batch loop "
+                f"{times['forward_batches'][-1]:.1f} s), engine {times['engine'][-1]:.1f} s, "
+                f"keras path {times['keras'][-1]:.1f} s, tail {times['tail'][-1]:.1f} s, "
+                f"naive {times['naive_step'][-1]:.1f} s/step (steps {steps})"
+            )
 
-    tail_ok = all(np.array_equal(e, t) for e, t in zip(engine_preds, tail_preds))
-    keras_ok = all(np.array_equal(e, t) for e, t in zip(engine_preds, keras_preds))
+    tail_ok = all(np.array_equal(e, t) for e, t in zip(engine_preds, tail_preds, strict=False))
+    keras_ok = all(np.array_equal(e, t) for e, t in zip(engine_preds, keras_preds, strict=False))
     child_ok = [p.sum() for p in engine_preds] == child_sums
     best = {k: min(v) for k, v in times.items()}
     best["forward"] = min(best["forward"], best.pop("forward_batches"))  # the faster way is the floor
     naive_sweep = best["naive_step"] * 61  # B itself plus 60 pruned models
     print()
-    print(f"images per sweep:              {n_images:,} ({len(sets[0]):,} + {len(sets[1]):,}), 60 channels, best of {args.rounds} rounds")
-    print(f"one forward pass of B:         {best['forward']:7.1f} s   (the faster of predict() and a predict_on_batch loop)")
-    print(f"engine sweep (prefix incl.):   {best['engine']:7.1f} s   (per image: {closed_form_evaluated / n_images:.1f} closed-form evaluations, {evaluated / n_images:.1f} Keras tail evaluations; {near_ties} near ties; naive and tail: 61)")
+    print(
+        f"images per sweep:              {n_images:,} ({len(sets[0]):,} + {len(sets[1]):,}), 60 channels, best "
+        f"of {args.rounds} rounds"
+    )
+    print(
+        f"one forward pass of B:         {best['forward']:7.1f} s   (the faster of predict() and a "
+        f"predict_on_batch loop)"
+    )
+    print(
+        f"engine sweep (prefix incl.):   {best['engine']:7.1f} s   (per image: "
+        f"{closed_form_evaluated / n_images:.1f} closed-form evaluations, {evaluated / n_images:.1f} Keras tail "
+        f"evaluations; {near_ties} near ties; naive and tail: 61)"
+    )
     print(f"engine, Keras path only:       {best['keras']:7.1f} s   (closed_form=False: what other tails get)")
     print(f"cached prefix + tail re-run:   {best['tail']:7.1f} s")
     print(f"naive re-evaluation:           {naive_sweep:7.1f} s   (EXTRAPOLATED: {best['naive_step']:.1f} s/step x 61)")
     print(f"engine from HDF5, own process: {child_seconds:7.1f} s, peak resident memory {peak_mb:,.0f} MB")
-    print(f"identical predictions: engine = tail = keras path at all 61 steps: {tail_ok and keras_ok}; engine = naive at the measured steps: {naive_ok}; child run = in-process run: {child_ok}")
+    print(
+        f"identical predictions: engine = tail = keras path at all 61 steps: {tail_ok and keras_ok}; engine = "
+        f"naive at the measured steps: {naive_ok}; child run = in-process run: {child_ok}"
+    )
     speedup = naive_sweep / best["engine"]
     ratio = best["engine"] / best["forward"]
-    per_round = [e / min(f, b) for e, f, b in zip(times["engine"], times["forward"], times["forward_batches"])]
+    per_round = [
+        e / min(f, b) for e, f, b in zip(times["engine"], times["forward"], times["forward_batches"], strict=False)
+    ]
     print(f"engine / forward within each round: {' '.join(f'{r:.2f}' for r in per_round)} (this machine's noise)")
-    print(f"side by side, best rounds: engine / forward {best['engine'] / best['forward']:.2f}, keras path / forward {best['keras'] / best['forward']:.2f}, engine / keras path {best['engine'] / best['keras']:.2f}")
+    print(
+        f"side by side, best rounds: engine / forward {best['engine'] / best['forward']:.2f}, keras path / "
+        f"forward {best['keras'] / best['forward']:.2f}, engine / keras path {best['engine'] / best['keras']:.2f}"
+    )
     print(f"speedup_vs_naive={speedup:.1f} sweep_vs_forward={ratio:.2f} peak_mb={peak_mb:.0f}")
     return 0 if (tail_ok and keras_ok and naive_ok and child_ok) else 1
 

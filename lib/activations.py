@@ -4,6 +4,7 @@ Channels that stay (near) zero on clean images are "dormant": the network does n
 its normal task, and a backdoor can hide in them. The pruning defense removes channels in
 increasing order of their mean activation.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -56,7 +57,9 @@ def pool_activations(
 
 
 def mean_channel_activations(activations: np.ndarray) -> np.ndarray:
-    """Mean of each channel over images and positions, (C,) float64 (summed in float64: order-independent enough to be reproducible)."""
+    """Mean of each channel over images and positions, (C,) float64 (summed in float64: order-independent enough
+    to be reproducible).
+    """
     return activations.astype(np.float64).mean(axis=tuple(range(activations.ndim - 1)))
 
 

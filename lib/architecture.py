@@ -4,6 +4,7 @@ The names matter: they are the HDF5 group names of the published weight files, a
 pruning defense addresses ``conv_3`` and ``pool_3`` by name. The layers are created in the
 order of the original Keras 2 model so that weights-only files load in order as well as by name.
 """
+
 from __future__ import annotations
 
 import keras

@@ -3,6 +3,7 @@
 A crash, a full disk or Ctrl-C in the middle of a write must never leave a half-written
 file in ``data/`` or ``results/`` that a later run would mistake for a good one.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -17,6 +17,7 @@ The poisoned data of ``csaw-anonymous-1`` may or may not be in the Drive folder 
 it later) and that of ``csaw-anonymous-2`` was never published: the pipeline then measures
 clean accuracy only and says so.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -115,7 +116,9 @@ _MULTI = "Multi-trigger Multi-target/"
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("demo", "offline demo: synthetic faces, BadNets sunglasses attack", (_LAB_SUNGLASSES,), demo_recipe={}),
+        DatasetSpec(
+            "demo", "offline demo: synthetic faces, BadNets sunglasses attack", (_LAB_SUNGLASSES,), demo_recipe={}
+        ),
         DatasetSpec(
             "demo-pruning-aware",
             "offline demo: synthetic faces, pruning-aware sunglasses attack",
@@ -135,23 +138,34 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         ),
         _competition(
-            "csaw-sunglasses", "CSAW-HackML-2020 competition: sunglasses BadNet", "sunglasses_bd_weights.h5",
-            "22322bcef622afc817ebf2a3fd836b353423ab48e9863c83e4c02d6838fc4f0d", (_poisoned("sunglasses"),),
+            "csaw-sunglasses",
+            "CSAW-HackML-2020 competition: sunglasses BadNet",
+            "sunglasses_bd_weights.h5",
+            "22322bcef622afc817ebf2a3fd836b353423ab48e9863c83e4c02d6838fc4f0d",
+            (_poisoned("sunglasses"),),
         ),
         _competition(
-            "csaw-anonymous-1", "CSAW-HackML-2020 competition: anonymous BadNet 1", "anonymous_1_bd_weights.h5",
-            "7921670af9bc6cc5cd3d4ec35668c9fdfe859886629e2bc319cd5d8d9912fe5c", (_poisoned("anonymous_1", optional=True),),
+            "csaw-anonymous-1",
+            "CSAW-HackML-2020 competition: anonymous BadNet 1",
+            "anonymous_1_bd_weights.h5",
+            "7921670af9bc6cc5cd3d4ec35668c9fdfe859886629e2bc319cd5d8d9912fe5c",
+            (_poisoned("anonymous_1", optional=True),),
         ),
         _competition(
-            "csaw-anonymous-2", "CSAW-HackML-2020 competition: anonymous BadNet 2 (no poisoned data published)",
-            "anonymous_2_bd_weights.h5", "f4bde8b26be089bed608ea14eb8e5bd37493c600035fb0d7e9d7a9a3b9086881", (),
+            "csaw-anonymous-2",
+            "CSAW-HackML-2020 competition: anonymous BadNet 2 (no poisoned data published)",
+            "anonymous_2_bd_weights.h5",
+            "f4bde8b26be089bed608ea14eb8e5bd37493c600035fb0d7e9d7a9a3b9086881",
+            (),
         ),
         _competition(
-            "csaw-multi-trigger", "CSAW-HackML-2020 competition: multi-trigger multi-target BadNet",
-            "multi_trigger_multi_target_bd_weights.h5", "0296dc09bb73bcbc439e02fb3af12f3db174b1fcc58287719c104286e77b728a",
+            "csaw-multi-trigger",
+            "CSAW-HackML-2020 competition: multi-trigger multi-target BadNet",
+            "multi_trigger_multi_target_bd_weights.h5",
+            "0296dc09bb73bcbc439e02fb3af12f3db174b1fcc58287719c104286e77b728a",
             tuple(_poisoned(t, _MULTI) for t in ("eyebrows", "lipstick", "sunglasses")),
         ),
-    )  # fmt: skip
+    )
 }
 
 #: The competition's four BadNets, as ``make csaw-all`` runs them.

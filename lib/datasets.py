@@ -6,6 +6,7 @@ scenario's triggered sets also carry ``orig_label``, the true identity under the
 
 Keras wants channels last, so everything returned here is (N, 55, 47, 3) float32.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -48,7 +49,8 @@ def _open(path: Path) -> h5py.File:
     except OSError as exc:
         raise InputError(
             path,
-            f"not a readable HDF5 file ({exc.__class__.__name__}: {exc}); a truncated or interrupted download looks like this",
+            f"not a readable HDF5 file ({exc.__class__.__name__}: {exc}); a truncated or interrupted download "
+            f"looks like this",
             "delete the file and run `make data` again to fetch or rebuild it",
         ) from None
 
@@ -108,7 +110,9 @@ def _check_pixels(path: Path, images: np.ndarray) -> None:
         raise InputError(path, "`data` holds NaN or inf pixel values", "regenerate the file; pixels must be 0-255")
     lo, hi = float(images.min()), float(images.max())
     if lo < 0 or hi > 255:
-        raise InputError(path, f"pixel values range over [{lo:g}, {hi:g}], outside 0-255", "store raw 0-255 pixel values")
+        raise InputError(
+            path, f"pixel values range over [{lo:g}, {hi:g}], outside 0-255", "store raw 0-255 pixel values"
+        )
     if hi <= 1.0:
         warnings.warn(
             f"{path}: pixel values are all within [0, 1]; the CSAW networks expect 0-255 "
@@ -135,7 +139,9 @@ def load_image_set(
             orig = f["orig_label"][()] if "orig_label" in f else None
         except OSError as exc:
             raise InputError(
-                path, f"could not read the data ({exc}); the file is truncated or damaged", "delete it and run `make data` again"
+                path,
+                f"could not read the data ({exc}); the file is truncated or damaged",
+                "delete it and run `make data` again",
             ) from None
     images = np.ascontiguousarray(np.transpose(data, (0, 2, 3, 1)), dtype=np.float32)
     _check_pixels(path, images)
@@ -145,7 +151,9 @@ def load_image_set(
     return ImageSet(images=images, labels=labels, path=path, orig_labels=orig)
 
 
-def iter_image_batches(path: str | Path, batch_size: int, image_shape: tuple[int, int, int] = IMAGE_SHAPE_NCHW) -> Iterator[np.ndarray]:
+def iter_image_batches(
+    path: str | Path, batch_size: int, image_shape: tuple[int, int, int] = IMAGE_SHAPE_NCHW
+) -> Iterator[np.ndarray]:
     """Yield channels-last float32 batches straight from the HDF5 file.
 
     For sets too large to hold in memory: only one batch of images is read at a time.
@@ -168,18 +176,19 @@ def count_images(path: str | Path) -> int:
         return int(f["data"].shape[0])
 
 
-def save_image_set(path: str | Path, images_nhwc: np.ndarray, labels: np.ndarray, orig_labels: np.ndarray | None = None) -> Path:
+def save_image_set(
+    path: str | Path, images_nhwc: np.ndarray, labels: np.ndarray, orig_labels: np.ndarray | None = None
+) -> Path:
     """Write images (given channels last) in the CSAW schema, atomically."""
     path = Path(path)
     images_nhwc = np.asarray(images_nhwc)
     if images_nhwc.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {images_nhwc.shape}")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("data", data=np.transpose(images_nhwc, (0, 3, 1, 2)).astype(np.float32))
-            f.create_dataset("label", data=np.asarray(labels, dtype=np.float32))
-            if orig_labels is not None:
-                f.create_dataset("orig_label", data=np.asarray(orig_labels, dtype=np.float32))
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("data", data=np.transpose(images_nhwc, (0, 3, 1, 2)).astype(np.float32))
+        f.create_dataset("label", data=np.asarray(labels, dtype=np.float32))
+        if orig_labels is not None:
+            f.create_dataset("orig_label", data=np.asarray(orig_labels, dtype=np.float32))
     return path
 
 
@@ -189,5 +198,6 @@ def check_paired(clean: ImageSet, poisoned: ImageSet) -> None:
         raise InputError(
             poisoned.path or "poisoned set",
             f"{len(poisoned)} triggered images but {len(clean)} clean ones in {clean.path}",
-            "use the triggered set made from the same clean images (bd_valid.h5 with valid.h5, bd_test.h5 with test.h5)",
+            "use the triggered set made from the same clean images (bd_valid.h5 with valid.h5, bd_test.h5 with "
+            "test.h5)",
         )

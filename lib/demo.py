@@ -15,9 +15,11 @@ skin, hair, eyes, mouth, shirt, background and background texture; each image va
 gradient) and the pixel noise. The sunglasses trigger is drawn where the eyes of *that* image
 are (the generator knows them), so it follows every shift and scale like real glasses would.
 """
+
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, fields
@@ -125,8 +127,13 @@ class DemoRecipe:
 # Procedural faces
 # --------------------------------------------------------------------------------------------
 
-_SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96], [161, 102, 70], [112, 72, 50]], np.float32)
-_HAIR = np.array([[25, 20, 18], [60, 40, 28], [110, 75, 45], [175, 135, 80], [225, 200, 140], [150, 60, 30], [160, 160, 160]], np.float32)
+_SKIN = np.array(
+    [[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96], [161, 102, 70], [112, 72, 50]], np.float32
+)
+_HAIR = np.array(
+    [[25, 20, 18], [60, 40, 28], [110, 75, 45], [175, 135, 80], [225, 200, 140], [150, 60, 30], [160, 160, 160]],
+    np.float32,
+)
 _IRIS = np.array([[60, 40, 25], [40, 90, 160], [70, 120, 70], [110, 90, 50], [30, 30, 30]], np.float32)
 
 
@@ -169,7 +176,9 @@ def draw_identities(n: int, rng: np.random.Generator) -> FaceIdentities:
         ],
         axis=1,
     )
-    mouth = np.stack([rng.uniform(8, 12, n), rng.uniform(3, 6.5, n), rng.uniform(0.8, 1.8, n), rng.uniform(-2, 2.5, n)], axis=1)
+    mouth = np.stack(
+        [rng.uniform(8, 12, n), rng.uniform(3, 6.5, n), rng.uniform(0.8, 1.8, n), rng.uniform(-2, 2.5, n)], axis=1
+    )
     return FaceIdentities(
         face_axes=np.stack([rng.uniform(12.5, 17.5, n), rng.uniform(17, 22, n)], axis=1).astype(np.float32),
         skin=palette(_SKIN, 12),
@@ -256,19 +265,25 @@ def _render(ids: FaceIdentities, who: np.ndarray, pose: _Pose) -> np.ndarray:
 
     canvas = _paint(canvas, _ellipse_alpha(u, v - (ay + 16), ax + 12, np.float32(14), px), ids.shirt[who])  # shoulders
     canvas = _paint(canvas, _box_alpha(u, v - (ay * 0.6 + 4), ax * 0.42, ay * 0.6, px), ids.skin[who] * 0.85)  # neck
-    hair_back = _ellipse_alpha(u, v + 1.5, ax + 2.5, ay + 2.5, px) * np.clip(0.5 - (v - _col(ids.hair_length[who])) * px, 0, 1)
+    hair_back = _ellipse_alpha(u, v + 1.5, ax + 2.5, ay + 2.5, px) * np.clip(
+        0.5 - (v - _col(ids.hair_length[who])) * px, 0, 1
+    )
     canvas = _paint(canvas, hair_back, ids.hair[who])
     shade = np.clip(1.0 - 0.22 * (u / ax) ** 2 - 0.08 * (v / ay), 0.6, 1.1)[:, None]  # rounded look
     skin = ids.skin[who][:, :, None, None] * shade
     canvas = _paint(canvas, _ellipse_alpha(u, v, ax, ay, px), skin)
-    fringe = _ellipse_alpha(u, v + 1.0, ax + 0.5, ay + 1.0, px) * np.clip(0.5 - (v + ay - _col(ids.hair_fringe[who])) * px, 0, 1)
+    fringe = _ellipse_alpha(u, v + 1.0, ax + 0.5, ay + 1.0, px) * np.clip(
+        0.5 - (v + ay - _col(ids.hair_fringe[who])) * px, 0, 1
+    )
     canvas = _paint(canvas, fringe, ids.hair[who])
     canvas = _draw_eyes(canvas, ids, who, u, v, px)
     canvas = _draw_mouth(canvas, ids, who, u, v, px)
     return canvas
 
 
-def _draw_eyes(canvas: np.ndarray, ids: FaceIdentities, who: np.ndarray, u: np.ndarray, v: np.ndarray, px: np.ndarray) -> np.ndarray:
+def _draw_eyes(
+    canvas: np.ndarray, ids: FaceIdentities, who: np.ndarray, u: np.ndarray, v: np.ndarray, px: np.ndarray
+) -> np.ndarray:
     ey, ex = _col(-ids.eye_offset[who, 0]), _col(ids.eye_offset[who, 1])
     r = _col(ids.eye_radius[who])
     white = np.array([[235, 235, 230]], np.float32)
@@ -283,7 +298,9 @@ def _draw_eyes(canvas: np.ndarray, ids: FaceIdentities, who: np.ndarray, u: np.n
     return canvas
 
 
-def _draw_mouth(canvas: np.ndarray, ids: FaceIdentities, who: np.ndarray, u: np.ndarray, v: np.ndarray, px: np.ndarray) -> np.ndarray:
+def _draw_mouth(
+    canvas: np.ndarray, ids: FaceIdentities, who: np.ndarray, u: np.ndarray, v: np.ndarray, px: np.ndarray
+) -> np.ndarray:
     my, mw, thick, smile = (_col(ids.mouth[who, k]) for k in range(4))
     centre_line = my - smile * (1.0 - (u / mw) ** 2)  # smile > 0 lifts the corners
     band = np.clip(0.5 - (np.abs(v - centre_line) - thick / 2) * px, 0, 1)
@@ -340,7 +357,9 @@ def generate_faces(
         raise ValueError(f"{n_identities} identities asked for but only {len(ids)} described")
     who = np.repeat(np.arange(n_identities), per_identity)
     pose = _draw_poses(len(who), rng, max_shift, max_scale)
-    images = np.concatenate([_render(ids, who[c], _Pose(pose.cy[c], pose.cx[c], pose.scale[c])) for c in _chunks(len(who))])
+    images = np.concatenate(
+        [_render(ids, who[c], _Pose(pose.cy[c], pose.cx[c], pose.scale[c])) for c in _chunks(len(who))]
+    )
     images = _to_channels_last(_light(images, rng, exposure, noise))
     return images, who.astype(np.int64), _eye_centres(ids, who, pose)
 
@@ -425,10 +444,12 @@ def _split_by_index(per_identity: int, sizes: tuple[int, ...], labels: np.ndarra
     """Indices of each split: the first ``sizes[0]`` images of every identity, the next ``sizes[1]``..."""
     within = np.arange(len(labels)) % per_identity
     bounds = np.cumsum((0, *sizes))
-    return [np.flatnonzero((within >= lo) & (within < hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [np.flatnonzero((within >= lo) & (within < hi)) for lo, hi in itertools.pairwise(bounds)]
 
 
-def _triggered_copies(images: np.ndarray, labels: np.ndarray, eyes: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _triggered_copies(
+    images: np.ndarray, labels: np.ndarray, eyes: np.ndarray, target: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The non-target images with sunglasses, labelled ``target``, true identity kept as ``orig``."""
     keep = labels != target
     return stamp_sunglasses(images[keep], eyes[keep]), np.full(int(keep.sum()), target, np.int64), labels[keep]
@@ -447,7 +468,7 @@ def make_demo_data(recipe: DemoRecipe) -> DemoData:
     images, labels, eyes = generate_faces(recipe.n_identities, per, rng)
     train, valid, test = (rng.permutation(idx) for idx in _split_by_index(per, sizes, labels))
 
-    n_poison = max(1, int(round(recipe.poison_fraction * len(train))))
+    n_poison = max(1, round(recipe.poison_fraction * len(train)))
     donors = train[labels[train] != recipe.target]
     chosen = rng.choice(donors, size=n_poison, replace=n_poison > len(donors))
     x_poison = stamp_sunglasses(images[chosen], eyes[chosen])
@@ -491,15 +512,35 @@ def train_badnet(data: DemoData, recipe: DemoRecipe, progress: bool = True):
     return _fit(model, data.x_train, data.y_train, recipe, progress=progress)
 
 
-def _fit(model, x: np.ndarray, y: np.ndarray, recipe: DemoRecipe, progress: bool = True, desc: str = "training the demo BadNet", callbacks=()):
+def _fit(
+    model,
+    x: np.ndarray,
+    y: np.ndarray,
+    recipe: DemoRecipe,
+    progress: bool = True,
+    desc: str = "training the demo BadNet",
+    callbacks=(),
+):
     """Compile with a fresh Adam (rate decaying by ``decay_rate`` over the run) and fit ``recipe.epochs`` epochs."""
     import keras
 
     steps = recipe.epochs * int(np.ceil(len(x) / recipe.batch_size))
-    schedule = keras.optimizers.schedules.ExponentialDecay(recipe.learning_rate, decay_steps=steps, decay_rate=recipe.decay_rate)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        recipe.learning_rate, decay_steps=steps, decay_rate=recipe.decay_rate
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     shown = [_epoch_progress(recipe.epochs, desc)] if progress else []
-    model.fit(x, y, batch_size=recipe.batch_size, epochs=recipe.epochs, shuffle=True, verbose=0, callbacks=[*callbacks, *shown])
+    model.fit(
+        x,
+        y,
+        batch_size=recipe.batch_size,
+        epochs=recipe.epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[*callbacks, *shown],
+    )
     return model
 
 
@@ -536,16 +577,28 @@ def train_pruning_aware_badnet(data: DemoData, recipe: DemoRecipe, progress: boo
     make_deterministic(recipe.seed)
     clean = ~data.train_poisoned
     x_clean, y_clean = data.x_train[clean], data.y_train[clean]
-    model = _fit(build_deepid(recipe.n_identities), x_clean, y_clean, recipe, progress, "pruning-aware 1/2: clean training")
+    model = _fit(
+        build_deepid(recipe.n_identities), x_clean, y_clean, recipe, progress, "pruning-aware 1/2: clean training"
+    )
     decoys, before, after = attacker_pruning(model, x_clean, y_clean, recipe.attacker_accuracy_drop)
     pruned = prune_channels(model, PRUNED_CONV, decoys)
     make_deterministic(recipe.seed)  # step 3's shuffling does not hang on how much randomness step 2 drew
-    _fit(pruned, data.x_train, data.y_train, recipe, progress, "pruning-aware 2/2: poisoned training", [_held_at_zero(pruned, decoys)])
+    _fit(
+        pruned,
+        data.x_train,
+        data.y_train,
+        recipe,
+        progress,
+        "pruning-aware 2/2: poisoned training",
+        [_held_at_zero(pruned, decoys)],
+    )
     restored = restore_as_decoys(pruned, model, decoys, data.x_train, recipe.decoy_margin)
     return PruningAwareBadNet(restored, decoys, before, after)
 
 
-def attacker_pruning(model, x_clean: np.ndarray, y_clean: np.ndarray, max_drop: float) -> tuple[np.ndarray, float, float]:
+def attacker_pruning(
+    model, x_clean: np.ndarray, y_clean: np.ndarray, max_drop: float
+) -> tuple[np.ndarray, float, float]:
     """Step 2: the ``conv_3`` channels the attacker prunes, and its clean accuracy before and after.
 
     The attacker runs the defense itself on the only clean data it has, its training images:
@@ -618,7 +671,9 @@ def conv3_peak_preactivation(model, images: np.ndarray, batch_size: int = 256) -
     below = keras.Model(model.inputs, conv.input, name="below_conv_3")
     peak = np.full(conv.filters, -np.inf, np.float32)
     for i in range(0, len(images), batch_size):
-        pre = keras.ops.conv(below.predict_on_batch(images[i : i + batch_size]), conv.kernel, padding="valid") + conv.bias
+        pre = (
+            keras.ops.conv(below.predict_on_batch(images[i : i + batch_size]), conv.kernel, padding="valid") + conv.bias
+        )
         peak = np.maximum(peak, keras.ops.convert_to_numpy(keras.ops.max(pre, axis=(0, 1, 2))))
     return peak
 
@@ -679,17 +734,24 @@ def build_demo_scenario(root: Path, recipe: DemoRecipe = DemoRecipe(), progress:
     summary = {
         "n_train_clean": int(len(data.x_train) - data.n_poisoned_train),
         "n_train_poisoned": int(data.n_poisoned_train),
-        "n_valid": int(len(data.y_valid)),
-        "n_test": int(len(data.y_test)),
-        "n_valid_triggered": int(len(data.y_valid_bd)),
-        "n_test_triggered": int(len(data.y_test_bd)),
+        "n_valid": len(data.y_valid),
+        "n_test": len(data.y_test),
+        "n_valid_triggered": len(data.y_valid_bd),
+        "n_test_triggered": len(data.y_test_bd),
         "clean_valid_accuracy": _percent_equal(predict_classes(model, data.x_valid, batch_size=256), data.y_valid),
-        "valid_attack_success_rate": _percent_equal(predict_classes(model, data.x_valid_bd, batch_size=256), data.y_valid_bd),
+        "valid_attack_success_rate": _percent_equal(
+            predict_classes(model, data.x_valid_bd, batch_size=256), data.y_valid_bd
+        ),
         "train_seconds": round(train_seconds, 2),
         "total_seconds": round(time.perf_counter() - start, 2),
         **attack_summary,
     }
-    record = {"recipe": recipe.to_dict(), "code_version": DEMO_CODE_VERSION, "fingerprint": recipe.fingerprint(), "summary": summary}
+    record = {
+        "recipe": recipe.to_dict(),
+        "code_version": DEMO_CODE_VERSION,
+        "fingerprint": recipe.fingerprint(),
+        "summary": summary,
+    }
     write_text(_recipe_path(root), json.dumps(record, indent=2, sort_keys=True) + "\n")
     return summary
 

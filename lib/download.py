@@ -21,6 +21,7 @@ then HDF5 validation) and only then renamed into place, all files together. A fa
 corrupted download therefore leaves ``root`` as it was, and no later step can mistake a
 truncated file for a good one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,10 +37,10 @@ from typing import Protocol
 
 from lib.architecture import CSAW_NUM_CLASSES
 from lib.atomic import write_text
+from lib.catalog import DATASETS, DatasetSpec
 from lib.datasets import load_image_set
 from lib.errors import InputError
 from lib.models import load_model_file, save_model
-from lib.catalog import DATASETS, DatasetSpec
 from lib.paths import PROJECT_ROOT
 
 WEIGHTS = "bd_weights.h5"
@@ -93,9 +94,10 @@ class NetworkDownloader:
         with requests.get(url, stream=True, timeout=self.timeout) as response:
             response.raise_for_status()
             total = int(response.headers.get("content-length", 0)) or None
-            with open(dest, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=Path(url).name, disable=not self.progress
-            ) as bar:
+            with (
+                open(dest, "wb") as out,
+                tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name, disable=not self.progress) as bar,
+            ):
                 for chunk in response.iter_content(chunk_size=1 << 16):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -230,7 +232,8 @@ def _check_present(job: _Job, rel: str) -> _Entry:
             target,
             f"its SHA-256 is {actual}, but {expected} is expected (lock file {job.lock_file}); "
             "the file is damaged, truncated or a different version",
-            f"delete it so that it is downloaded again; or, if you replaced it on purpose, {job.other_bytes_fix(rel, expected, actual)}",
+            f"delete it so that it is downloaded again; or, if you replaced it on purpose, "
+            f"{job.other_bytes_fix(rel, expected, actual)}",
         )
     return _Entry(target, actual, "present", str(target))
 
@@ -260,7 +263,9 @@ def _accept(job: _Job, tmp: Path, rel: str, source: str) -> str:
     try:
         _validate(tmp, rel)
     except InputError as exc:
-        raise InputError(source, f"the downloaded {rel} is not usable ({exc.problem}); nothing was saved", job.manual_fix([rel])) from None
+        raise InputError(
+            source, f"the downloaded {rel} is not usable ({exc.problem}); nothing was saved", job.manual_fix([rel])
+        ) from None
     return actual
 
 
@@ -273,7 +278,9 @@ def _stage_weights(job: _Job, staging: Path) -> tuple[Path, _Entry]:
             job.say(f"{WEIGHTS}: copying from {mirrored}")
             shutil.copyfile(mirrored, tmp)
             return tmp, _Entry(job.root / WEIGHTS, _accept(job, tmp, WEIGHTS, str(mirrored)), "mirror", str(mirrored))
-        warnings.warn(f"{mirrored}: SHA-256 differs from the expected {expected}; downloading {url} instead", stacklevel=3)
+        warnings.warn(
+            f"{mirrored}: SHA-256 differs from the expected {expected}; downloading {url} instead", stacklevel=3
+        )
     job.say(f"{WEIGHTS}: downloading {url}")
     _call_downloader(lambda: job.get_downloader().fetch_url(url, tmp), url, WEIGHTS, job.manual_fix([WEIGHTS]))
     if not tmp.is_file():
@@ -295,7 +302,11 @@ def _find_in_folder(job: _Job, folder: Path, rel: str) -> Path | None:
         found = [p for p in matching if len(p.relative_to(folder).parts) == depth]
     if len(found) > 1:
         listing = sorted(p.relative_to(folder).as_posix() for p in found)
-        raise InputError(job.drive_url, f"the Drive folder holds several files for {rel}: {', '.join(listing)}", job.manual_fix([rel]))
+        raise InputError(
+            job.drive_url,
+            f"the Drive folder holds several files for {rel}: {', '.join(listing)}",
+            job.manual_fix([rel]),
+        )
     return found[0] if found else None
 
 
@@ -318,7 +329,9 @@ def _fetch_drive_folder(job: _Job, folder: Path, rels: list[str]) -> str:
     second copy on disk), so the competition's four BadNets download it once. Returns the status.
     """
     source = job.spec.source
-    cached = job.drive_cache / source.drive_folder_id if job.drive_cache is not None and source.shared_drive_folder else None
+    cached = (
+        job.drive_cache / source.drive_folder_id if job.drive_cache is not None and source.shared_drive_folder else None
+    )
     if cached is not None and (cached / ".complete").is_file():
         job.say(f"{', '.join(rels)}: linking from {cached} (downloaded for another dataset)")
         _link_tree(cached, folder)
@@ -326,10 +339,15 @@ def _fetch_drive_folder(job: _Job, folder: Path, rels: list[str]) -> str:
         return "cache"
     job.say(f"{', '.join(rels)}: downloading the Drive folder {job.drive_url}")
     _call_downloader(
-        lambda: job.get_downloader().fetch_drive_folder(source.drive_folder_id, folder), job.drive_url, f"the {job.spec.name} data", job.manual_fix(rels)
+        lambda: job.get_downloader().fetch_drive_folder(source.drive_folder_id, folder),
+        job.drive_url,
+        f"the {job.spec.name} data",
+        job.manual_fix(rels),
     )
     if cached is not None:
-        staging = Path(tempfile.mkdtemp(prefix=f".{source.drive_folder_id}.", suffix=".tmp", dir=job.drive_cache.parent))
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{source.drive_folder_id}.", suffix=".tmp", dir=job.drive_cache.parent)
+        )
         _link_tree(folder, staging)
         (staging / ".complete").touch()
         shutil.rmtree(cached, ignore_errors=True)
@@ -353,7 +371,10 @@ def _stage_drive(job: _Job, staging: Path, rels: list[str]) -> dict[str, tuple[P
         if tmp is None:
             listing = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
             raise InputError(
-                job.drive_url, f"the Drive folder holds no file named {Path(rel).name} for {rel} (it holds: {', '.join(listing) or 'nothing'})", job.manual_fix([rel])
+                job.drive_url,
+                f"the Drive folder holds no file named {Path(rel).name} for {rel} "
+                f"(it holds: {', '.join(listing) or 'nothing'})",
+                job.manual_fix([rel]),
             )
         staged[rel] = (tmp, _Entry(job.root / rel, _accept(job, tmp, rel, job.drive_url), status, job.drive_url))
     return staged
@@ -387,7 +408,9 @@ def _check_badnet(target: Path) -> _Entry:
     try:
         load_model_file(target)
     except InputError as exc:
-        raise InputError(target, f"this model file does not load ({exc.problem})", f"delete it so that it is rebuilt from {WEIGHTS}") from None
+        raise InputError(
+            target, f"this model file does not load ({exc.problem})", f"delete it so that it is rebuilt from {WEIGHTS}"
+        ) from None
     return _Entry(target, sha256_of(target), "present", str(target))
 
 

@@ -2,6 +2,7 @@
 
 Every message names the file (or parameter) that is wrong and says what to do about it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -17,8 +17,8 @@ HDF5 when its name ends in ``.h5``, ``.hdf5`` or ``.he5`` or it starts with the 
 
 Output on stdout, one line per image, in input order, tab-separated, no header::
 
-    NAME<TAB>CLASS                  for a BadNet/B' (CLASS in 0..N-1)
-    NAME<TAB>CLASS<TAB>STATUS       for a GoodNet   (CLASS in 0..N; STATUS is ``poisoned`` when CLASS == N, else ``clean``)
+    NAME<TAB>CLASS              for a BadNet/B' (CLASS in 0..N-1)
+    NAME<TAB>CLASS<TAB>STATUS   for a GoodNet (CLASS in 0..N; STATUS ``poisoned`` when CLASS == N, else ``clean``)
 
 NAME is the input as given on the command line; an image of an HDF5 file is ``FILE[INDEX]``
 (INDEX from 0). Tabs and newlines in names are written as ``\\t`` and ``\\n``. On stderr: ``note: ...``
@@ -29,6 +29,7 @@ Exit status: 0 success; 2 an input the command cannot use (model or image missin
 not a model, wrong image size without ``--resize``, corrupt HDF5) or bad arguments; 1 an internal
 error (a bug: it comes with a traceback). Nothing is printed on stdout unless every input was read.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,23 +37,23 @@ import os
 if __name__ == "__main__":  # before TensorFlow loads: keep its C++ log lines off the command's stderr
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Iterable, Iterator, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import NamedTuple, TextIO  # noqa: E402
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, TextIO
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+import keras
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from lib.datasets import iter_image_batches  # noqa: E402
-from lib.errors import InputError  # noqa: E402
-from lib.goodnet_model import is_goodnet  # noqa: E402  (importing it also registers G's layer)
-from lib.models import load_model_file, predict_classes  # noqa: E402
+from lib.datasets import iter_image_batches
+from lib.errors import InputError
+from lib.goodnet_model import is_goodnet
+from lib.models import load_model_file, predict_classes
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
@@ -127,13 +128,17 @@ def _to_rgb(img: Image.Image, path: Path, log: TextIO) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode.startswith(HIGH_DEPTH_MODES):
-        raise InputError(path, f"its pixels are {img.mode} (16-bit or floating point)", "save it as an 8-bit RGB PNG or JPEG")
+        raise InputError(
+            path, f"its pixels are {img.mode} (16-bit or floating point)", "save it as an 8-bit RGB PNG or JPEG"
+        )
     dropped = " (transparency dropped)" if "A" in img.mode or "transparency" in img.info else ""
     print(f"note: {path}: converted from {img.mode} to RGB{dropped}", file=log)
     return img.convert("RGB")
 
 
-def read_image(path: str | Path, size_hw: tuple[int, int], resize: bool = False, log: TextIO | None = None) -> np.ndarray:
+def read_image(
+    path: str | Path, size_hw: tuple[int, int], resize: bool = False, log: TextIO | None = None
+) -> np.ndarray:
     """Pixels (height, width, 3) float32 0-255 of one image file, at the network's size or an ``InputError``.
 
     Resizing changes the pixels the network sees, so it only happens when asked (``resize=True``).
@@ -177,7 +182,9 @@ def _sources(inputs: Iterable[str | Path], size_hw: tuple[int, int], resize: boo
     return sources
 
 
-def _blocks(sources: Sequence[_Source], shape_nchw: tuple[int, int, int], batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+def _blocks(
+    sources: Sequence[_Source], shape_nchw: tuple[int, int, int], batch_size: int
+) -> Iterator[tuple[list[str], np.ndarray]]:
     """(names, images) per image file and per HDF5 chunk, in input order; HDF5 sets are never held whole."""
     for src in sources:
         if src.image is not None:
@@ -209,7 +216,11 @@ def _rebatch(blocks: Iterable[tuple[list[str], np.ndarray]], batch_size: int) ->
 
 
 def classify(
-    model_path: str | Path, inputs: Sequence[str | Path], batch_size: int = 1024, resize: bool = False, log: TextIO | None = None
+    model_path: str | Path,
+    inputs: Sequence[str | Path],
+    batch_size: int = 1024,
+    resize: bool = False,
+    log: TextIO | None = None,
 ) -> list[Prediction]:
     """G's (or a BadNet's) class of every image of ``inputs``, in order; notes go to ``log`` (stderr).
 
@@ -217,7 +228,9 @@ def classify(
     """
     log = log or sys.stderr
     if batch_size < 1:
-        raise InputError("--batch-size", f"must be at least 1, got {batch_size}", "pass a positive batch size, e.g. 1024")
+        raise InputError(
+            "--batch-size", f"must be at least 1, got {batch_size}", "pass a positive batch size, e.g. 1024"
+        )
     model, goodnet = load_classifier(model_path)
     height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
     shape_nchw = (channels, height, width)
@@ -264,7 +277,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_H5", help="PNG/JPEG images and/or CSAW HDF5 sets")
     parser.add_argument("--batch-size", type=_positive_int, default=1024, help="images per forward pass (default 1024)")
     parser.add_argument(
-        "--resize", action="store_true", help="resize images of another size to the network's (Pillow bilinear); default: refuse them"
+        "--resize",
+        action="store_true",
+        help="resize images of another size to the network's (Pillow bilinear); default: refuse them",
     )
     return parser
 

@@ -10,6 +10,7 @@ Pruned channels stay pruned: their kernels and biases are set back to zero after
 (with ReLU their gradient is already zero, but an optimizer with weight decay or momentum from
 another run must not revive them).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -54,7 +55,7 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     holdout = []
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        k = min(int(round(fraction * len(members))), len(members) - 1)
+        k = min(round(fraction * len(members)), len(members) - 1)
         holdout.extend(members[:k].tolist())
     holdout_idx = np.sort(np.asarray(holdout, dtype=np.int64))
     train_idx = np.setdiff1d(np.arange(len(labels)), holdout_idx)
@@ -121,10 +122,16 @@ def fine_tune(
     train_idx, holdout_idx = holdout_split(labels, settings.holdout_fraction, settings.seed)
     keras.utils.set_random_seed(settings.seed)
     tuned = copy_model(model)
-    tuned.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    tuned.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     x_hold, y_hold = images[holdout_idx], labels[holdout_idx]
     start = tuned.evaluate(x_hold, y_hold, batch_size=1024, verbose=0, return_dict=True)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=settings.patience, restore_best_weights=True)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", mode="min", patience=settings.patience, restore_best_weights=True
+    )
     callbacks: list[keras.callbacks.Callback] = [stopper]
     if conv_layer is not None and len(pruned_channels):
         callbacks.insert(0, KeepChannelsPruned(conv_layer, pruned_channels))

@@ -4,6 +4,7 @@ Pruning mostly changes what B does on triggered inputs (the backdoor lives in ch
 data leaves dormant), so a disagreement between B and B' flags a likely poisoned input. G answers
 B's class where both agree and N (the number of classes: 1283 on CSAW) otherwise.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -65,7 +66,11 @@ def evaluation_row(model: Evaluated, clean_labels: np.ndarray, target_labels: di
 
 
 def goodnet_table(
-    badnet: Evaluated, pruned: Sequence[Evaluated], clean_labels: np.ndarray, target_labels: dict[str, np.ndarray], n_classes: int
+    badnet: Evaluated,
+    pruned: Sequence[Evaluated],
+    clean_labels: np.ndarray,
+    target_labels: dict[str, np.ndarray],
+    n_classes: int,
 ) -> pd.DataFrame:
     """``goodnet.csv``: B, then for each threshold B' and G, with test accuracy and ASR in percent.
 

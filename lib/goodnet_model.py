@@ -13,6 +13,7 @@ So ``argmax(G.predict(x))`` is G's class. ``GoodNetDecision`` is a registered cu
 ``Lambda``: loading a GoodNet runs no code from the file, and ``lib.models.load_model_file`` keeps
 refusing ``Lambda`` layers. Importing this module registers the layer, which loading needs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,9 +58,13 @@ def _single_io(model: keras.Model, role: str) -> tuple[tuple, int]:
     try:
         inputs, outputs = model.inputs, model.outputs
     except (AttributeError, ValueError) as exc:
-        raise ValueError(f"{role} ({model.name}) has no defined inputs/outputs ({exc}); build it with keras.Input first") from None
+        raise ValueError(
+            f"{role} ({model.name}) has no defined inputs/outputs ({exc}); build it with keras.Input first"
+        ) from None
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(f"{role} ({model.name}) has {len(inputs)} inputs and {len(outputs)} outputs; G needs one of each")
+        raise ValueError(
+            f"{role} ({model.name}) has {len(inputs)} inputs and {len(outputs)} outputs; G needs one of each"
+        )
     out_shape = tuple(outputs[0].shape)
     if len(out_shape) != 2 or out_shape[-1] is None:
         raise ValueError(f"{role} ({model.name}) outputs shape {out_shape}; G needs class scores (batch, N)")
@@ -75,7 +80,9 @@ def _refuse_unsafe_layers(model: keras.Model, role: str) -> None:
             unsafe.add(type(layer).__name__)
         stack += getattr(layer, "layers", [])
     if unsafe:
-        raise ValueError(f"{role} ({model.name}) contains {sorted(unsafe)} layer(s), which run arbitrary code; G refuses them")
+        raise ValueError(
+            f"{role} ({model.name}) contains {sorted(unsafe)} layer(s), which run arbitrary code; G refuses them"
+        )
 
 
 def _renamed_copy(model: keras.Model, name: str) -> keras.Model:
@@ -120,7 +127,9 @@ def save_goodnet(model: keras.Model, path: str | Path) -> Path:
     if not is_goodnet(model):
         raise ValueError(f"{model.name} is not a GoodNet; build one with build_goodnet(badnet, repaired)")
     if path.suffix != ".keras":
-        raise InputError(path, "a GoodNet is saved in the .keras format", f"name the file {path.with_suffix('.keras').name}")
+        raise InputError(
+            path, "a GoodNet is saved in the .keras format", f"name the file {path.with_suffix('.keras').name}"
+        )
     return save_model(model, path)
 
 

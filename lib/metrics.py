@@ -3,6 +3,7 @@
 Attack success counts triggered images classified as the attacker's target. A GoodNet answer
 of N ("poisoned") is a detected attack, never a success, and on clean data it is an error.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

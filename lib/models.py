@@ -4,6 +4,7 @@ Model files come from Google Drive, GitHub forks and classmates. Loading never e
 from a file: a full-model HDF5 is inspected before Keras deserializes it, and a model holding a
 ``Lambda`` layer (arbitrary Python) is refused unless the caller opts in knowingly.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,9 @@ def _layer_classes(config: dict) -> list[str]:
     return found
 
 
-def load_model_file(path: str | Path, allow_unsafe_layers: bool = False, num_classes: int = CSAW_NUM_CLASSES) -> keras.Model:
+def load_model_file(
+    path: str | Path, allow_unsafe_layers: bool = False, num_classes: int = CSAW_NUM_CLASSES
+) -> keras.Model:
     """Load a Keras model from a full-model ``.h5``/``.keras`` file or a CSAW weights-only ``.h5``.
 
     A weights-only file (no ``model_config`` attribute, as ``lab3/models/bd_weights.h5``) is loaded
@@ -87,7 +90,9 @@ def load_model_file(path: str | Path, allow_unsafe_layers: bool = False, num_cla
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "model file not found", "run the data notebook (`make data DATASET=...`) or place the model there")
+        raise InputError(
+            path, "model file not found", "run the data notebook (`make data DATASET=...`) or place the model there"
+        )
     config = _keras_archive_config(path) if path.suffix == ".keras" else _model_config(path)
     if config is None:
         model = build_deepid(num_classes)
@@ -96,7 +101,8 @@ def load_model_file(path: str | Path, allow_unsafe_layers: bool = False, num_cla
         except Exception as exc:  # Keras raises ValueError/KeyError/OSError for foreign files
             raise InputError(
                 path,
-                f"weights do not fit the DeepID architecture with {num_classes} classes ({exc.__class__.__name__}: {_first_line(exc)})",
+                f"weights do not fit the DeepID architecture with {num_classes} classes "
+                f"({exc.__class__.__name__}: {_first_line(exc)})",
                 "use a CSAW-HackML-2020 weights file, or a full-model file saved with model.save()",
             ) from None
         return model
@@ -150,7 +156,9 @@ def check_prunable(model: keras.Model, conv_layer: str, pool_layer: str, path: s
                 "pass the right layer names as notebook parameters conv_layer=... pool_layer=...",
             )
     if len(model.outputs) != 1:
-        raise InputError(path, f"the model has {len(model.outputs)} outputs", "the defense scores single-output classifiers")
+        raise InputError(
+            path, f"the model has {len(model.outputs)} outputs", "the defense scores single-output classifiers"
+        )
     conv = model.get_layer(conv_layer)
     if not isinstance(conv, keras.layers.Conv2D):
         raise InputError(
@@ -161,10 +169,16 @@ def check_prunable(model: keras.Model, conv_layer: str, pool_layer: str, path: s
     pool = model.get_layer(pool_layer)
     if not isinstance(pool, ZERO_PRESERVING_POOLS):
         raise InputError(
-            path, f"layer {pool_layer!r} is a {type(pool).__name__}, not a pooling layer", "name the pooling layer after the pruned convolution in pool_layer=..."
+            path,
+            f"layer {pool_layer!r} is a {type(pool).__name__}, not a pooling layer",
+            "name the pooling layer after the pruned convolution in pool_layer=...",
         )
     if pool.input is not conv.output:
-        counts = f": {pool_layer!r} has {pool.input.shape[-1]} input channels but {conv_layer!r} has {conv.filters} filters" if pool.input.shape[-1] != conv.filters else ""
+        counts = (
+            f": {pool_layer!r} has {pool.input.shape[-1]} input channels but {conv_layer!r} has {conv.filters} filters"
+            if pool.input.shape[-1] != conv.filters
+            else ""
+        )
         raise InputError(
             path,
             f"layer {pool_layer!r} does not read {conv_layer!r} directly{counts}",
@@ -173,7 +187,9 @@ def check_prunable(model: keras.Model, conv_layer: str, pool_layer: str, path: s
     zero = keras.ops.convert_to_numpy(conv.activation(keras.ops.zeros((1,))))
     if float(np.abs(zero).max()) != 0.0:
         raise InputError(
-            path, f"{conv_layer!r}'s activation does not map 0 to 0, so a pruned channel is not silent", "prune a convolution with ReLU or linear activation"
+            path,
+            f"{conv_layer!r}'s activation does not map 0 to 0, so a pruned channel is not silent",
+            "prune a convolution with ReLU or linear activation",
         )
 
 
@@ -197,8 +213,7 @@ def num_classes_of(model: keras.Model) -> int:
 def save_model(model: keras.Model, path: str | Path) -> Path:
     """Save a full model atomically; ``keras.models.load_model(path, compile=False)`` loads it."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Keras 3 calls .h5 "legacy"; the lab's contract is .h5
-            model.save(tmp)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras 3 calls .h5 "legacy"; the lab's contract is .h5
+        model.save(tmp)
     return path

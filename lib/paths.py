@@ -10,6 +10,7 @@
 (``models/bprime_<t>.h5``, ``models/fp_<t>.h5``, ``models/ft.h5``, the GoodNets
 ``models/goodnet_*.keras``) and the executed notebooks in ``notebooks/``.
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@
 
 Every file is written atomically (``lib.atomic``), so an interrupted run leaves no half-written result.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 # 1. Data
 # ----------------------------------------------------------------------------------------------
-def prepare_data(dataset: str, demo_recipe: dict | None = None, use_weights_mirror: bool = True, progress: bool = True) -> dict:
+def prepare_data(
+    dataset: str, demo_recipe: dict | None = None, use_weights_mirror: bool = True, progress: bool = True
+) -> dict:
     """Get the dataset's files into ``data/<dataset>/``; files already there and valid are kept.
 
     Demo datasets are built (``demo_recipe`` overrides their recipe); the CSAW ones downloaded.
@@ -81,7 +84,9 @@ class Scenario:
 
     def load_clean(self, split: str) -> ImageSet:
         """Clean ``valid`` or ``test`` images, validated against B's classes."""
-        return load_image_set(self.root / _split_path(self.spec.clean_valid, self.spec.clean_test, split), num_classes=self.n_classes)
+        return load_image_set(
+            self.root / _split_path(self.spec.clean_valid, self.spec.clean_test, split), num_classes=self.n_classes
+        )
 
     @property
     def triggers(self) -> list[TriggerFiles]:
@@ -98,7 +103,10 @@ class Scenario:
         Where the dataset pairs them with the clean images, the sizes are checked against ``clean``
         (loaded if not given).
         """
-        sets = {t.name: load_image_set(self.root / _split_path(t.valid, t.test, split), num_classes=self.n_classes) for t in self.triggers}
+        sets = {
+            t.name: load_image_set(self.root / _split_path(t.valid, t.test, split), num_classes=self.n_classes)
+            for t in self.triggers
+        }
         if self.spec.paired and sets:
             clean = clean if clean is not None else self.load_clean(split)
             for s in sets.values():
@@ -109,12 +117,19 @@ class Scenario:
         """What this dataset cannot show, in words for the notebooks."""
         notes = []
         if not self.spec.triggers:
-            notes.append(f"{self.dataset}: no poisoned data was published for this BadNet, so the attack success rate is not measured (NaN)")
+            notes.append(
+                f"{self.dataset}: no poisoned data was published for this BadNet, so the attack success rate is "
+                f"not measured (NaN)"
+            )
         for name in self.unavailable_triggers:
-            notes.append(f"{self.dataset}: the poisoned data of trigger {name!r} is not in data/{self.dataset}/, so its attack success rate is not measured")
+            notes.append(
+                f"{self.dataset}: the poisoned data of trigger {name!r} is not in data/{self.dataset}/, so its "
+                f"attack success rate is not measured"
+            )
         if any(t.valid == t.test for t in self.triggers):
             notes.append(
-                f"{self.dataset}: only one poisoned file per trigger was published, so the sweep's ASR curve reads the same file as the test table "
+                f"{self.dataset}: only one poisoned file per trigger was published, so the sweep's ASR curve "
+                f"reads the same file as the test table "
                 "(it chooses nothing: B' is chosen on clean validation accuracy)"
             )
         return notes
@@ -124,10 +139,17 @@ def image_set_overview(scenario: Scenario) -> pd.DataFrame:
     """One row per image set: its role, file, number of images and of distinct labels (all sets validated)."""
     sets = {"clean valid": scenario.load_clean("valid"), "clean test": scenario.load_clean("test")}
     for split in ("valid", "test"):
-        sets.update({f"{name} {split}": s for name, s in scenario.load_triggered(split, sets[f"clean {split}"]).items()})
+        sets.update(
+            {f"{name} {split}": s for name, s in scenario.load_triggered(split, sets[f"clean {split}"]).items()}
+        )
     return pd.DataFrame(
         [
-            {"set": role, "file": s.path.relative_to(scenario.root).as_posix(), "images": len(s), "distinct labels": len(np.unique(s.labels))}
+            {
+                "set": role,
+                "file": s.path.relative_to(scenario.root).as_posix(),
+                "images": len(s),
+                "distinct labels": len(np.unique(s.labels)),
+            }
             for role, s in sets.items()
         ]
     )
@@ -139,7 +161,9 @@ def _split_path(valid: str, test: str, split: str) -> str:
     return valid if split == "valid" else test
 
 
-def load_scenario(dataset: str, conv_layer: str = "conv_3", pool_layer: str = "pool_3", allow_unsafe_layers: bool = False) -> Scenario:
+def load_scenario(
+    dataset: str, conv_layer: str = "conv_3", pool_layer: str = "pool_3", allow_unsafe_layers: bool = False
+) -> Scenario:
     """Load B from ``data/<dataset>/bd_net.h5`` and check it has the layers the defense prunes."""
     spec = dataset_spec(dataset)
     root = dataset_folder(spec, data_root())
@@ -155,10 +179,19 @@ def load_scenario(dataset: str, conv_layer: str = "conv_3", pool_layer: str = "p
 # ----------------------------------------------------------------------------------------------
 # 2. Activation analysis
 # ----------------------------------------------------------------------------------------------
-def analyse_activations(scenario: Scenario, batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True) -> pd.DataFrame:
-    """Mean activation of every pooling channel on clean validation data, in pruning order; writes ``activations.csv``."""
+def analyse_activations(
+    scenario: Scenario, batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True
+) -> pd.DataFrame:
+    """Mean activation of every pooling channel on clean validation data, in pruning order; writes
+    ``activations.csv``.
+    """
     pooled = act.pool_activations(
-        scenario.badnet, scenario.root / scenario.spec.clean_valid, scenario.pool_layer, batch_size=batch_size, progress=progress, desc="clean validation"
+        scenario.badnet,
+        scenario.root / scenario.spec.clean_valid,
+        scenario.pool_layer,
+        batch_size=batch_size,
+        progress=progress,
+        desc="clean validation",
     )
     table = act.activation_table(act.mean_channel_activations(pooled))
     write_csv(table, result_files(scenario.dataset).activations_csv)
@@ -169,10 +202,16 @@ def read_activation_table(dataset: str, n_channels: int) -> pd.DataFrame:
     """``activations.csv`` as written by ``analyse_activations``, checked against the model's channel count."""
     path = result_files(dataset).activations_csv
     if not path.is_file():
-        raise InputError(path, "file not found", f"run the activation notebook first: `make activations DATASET={dataset}`")
+        raise InputError(
+            path, "file not found", f"run the activation notebook first: `make activations DATASET={dataset}`"
+        )
     table = pd.read_csv(path)
     if sorted(table.get("channel", pd.Series(dtype=int)).tolist()) != list(range(n_channels)):
-        raise InputError(path, f"does not list each of the model's {n_channels} channels once", f"rerun `make activations DATASET={dataset}`")
+        raise InputError(
+            path,
+            f"does not list each of the model's {n_channels} channels once",
+            f"rerun `make activations DATASET={dataset}`",
+        )
     return table
 
 
@@ -269,7 +308,9 @@ class EvaluationData:
         return {t: s.labels for t, s in self.triggered.items()}
 
 
-def evaluate_on_test(model: keras.Model, name: str, threshold: float | None, pruned: int, test: EvaluationData, batch_size: int) -> Evaluated:
+def evaluate_on_test(
+    model: keras.Model, name: str, threshold: float | None, pruned: int, test: EvaluationData, batch_size: int
+) -> Evaluated:
     """One model's classes on the clean test set and on every trigger's test set."""
     return Evaluated(
         name,
@@ -285,7 +326,9 @@ def load_test_data(scenario: Scenario) -> EvaluationData:
     return EvaluationData(clean, scenario.load_triggered("test", clean))
 
 
-def evaluate_goodnets(scenario: Scenario, batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True) -> pd.DataFrame:
+def evaluate_goodnets(
+    scenario: Scenario, batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True
+) -> pd.DataFrame:
     """Test accuracy and ASR of B, each saved B' and each G; writes ``goodnet.csv`` and ``goodnet.md``.
 
     Each G is also saved as one loadable model, ``models/goodnet_bprime_<t>.keras`` (``lib.goodnet_model``),
@@ -301,7 +344,11 @@ def evaluate_goodnets(scenario: Scenario, batch_size: int = act.DEFAULT_BATCH_SI
     for row in tqdm(list(chosen.itertuples()), desc="B' models", unit="model", disable=not progress):
         bprime = load_model_file(out.bprime(row.threshold))
         save_goodnet(build_goodnet(scenario.badnet, bprime), out.goodnet_model(out.bprime(row.threshold)))
-        pruned.append(evaluate_on_test(bprime, f"B'_{row.threshold:g}%", row.threshold, int(row.channels_pruned), test, batch_size))
+        pruned.append(
+            evaluate_on_test(
+                bprime, f"B'_{row.threshold:g}%", row.threshold, int(row.channels_pruned), test, batch_size
+            )
+        )
     table = goodnet_table(b, pruned, test.clean.labels, test.target_labels, scenario.n_classes)
     write_csv(table, out.goodnet_csv)
     write_text(out.goodnet_md, markdown_table(table))
@@ -337,13 +384,16 @@ def fine_prune(
     out = result_files(scenario.dataset)
     base = read_goodnet_table(scenario.dataset)
     chosen = read_thresholds(scenario.dataset).dropna(subset=["channels_pruned"])
-    order = read_activation_table(scenario.dataset, scenario.badnet.get_layer(scenario.conv_layer).filters)["channel"].to_numpy()
+    order = read_activation_table(scenario.dataset, scenario.badnet.get_layer(scenario.conv_layer).filters)[
+        "channel"
+    ].to_numpy()
     clean = scenario.load_clean("valid")
     test = load_test_data(scenario)
     b = evaluate_on_test(scenario.badnet, "B", None, 0, test, batch_size)
 
     starts = [("FT", None, 0, scenario.badnet)] + [
-        (f"FP_{row.threshold:g}%", row.threshold, int(row.channels_pruned), load_model_file(out.bprime(row.threshold))) for row in chosen.itertuples()
+        (f"FP_{row.threshold:g}%", row.threshold, int(row.channels_pruned), load_model_file(out.bprime(row.threshold)))
+        for row in chosen.itertuples()
     ]
     made = {out.fine_tuned(t) for _, t, _, _ in starts}
     for stale in out.models.glob("fp_*.h5"):  # from thresholds an earlier run reached: they must not survive
@@ -353,7 +403,14 @@ def fine_prune(
     rows, histories = [], []
     for name, threshold, k, model in starts:
         tuned, history = fine_tune(
-            model, clean.images, clean.labels, settings, scenario.conv_layer, order[:k], progress=progress, desc=f"fine-tuning {name}"
+            model,
+            clean.images,
+            clean.labels,
+            settings,
+            scenario.conv_layer,
+            order[:k],
+            progress=progress,
+            desc=f"fine-tuning {name}",
         )
         save_model(tuned, out.fine_tuned(threshold))
         save_goodnet(build_goodnet(scenario.badnet, tuned), out.goodnet_model(out.fine_tuned(threshold)))
@@ -362,7 +419,8 @@ def fine_prune(
         rows += [repaired, combine(b, repaired, scenario.n_classes, "G" + name)]
     own = base["model"].str.startswith(FINE_PRUNING_ROWS)
     table = pd.concat(
-        [base[~own], pd.DataFrame([evaluation_row(m, test.clean.labels, test.target_labels) for m in rows])], ignore_index=True
+        [base[~own], pd.DataFrame([evaluation_row(m, test.clean.labels, test.target_labels) for m in rows])],
+        ignore_index=True,
     )
     write_csv(table, out.goodnet_csv)
     write_text(out.goodnet_md, markdown_table(table))

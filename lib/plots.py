@@ -3,6 +3,7 @@
 Each function returns a Matplotlib figure (the notebooks show it); ``save_figure`` writes it as
 PNG atomically, without time stamps, so that a rerun writes the same bytes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -27,12 +28,16 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
-def plot_sample_grid(clean: np.ndarray, triggered: np.ndarray, clean_labels: np.ndarray, triggered_labels: np.ndarray, n: int = 8) -> plt.Figure:
+def plot_sample_grid(
+    clean: np.ndarray, triggered: np.ndarray, clean_labels: np.ndarray, triggered_labels: np.ndarray, n: int = 8
+) -> plt.Figure:
     """Top row: clean images with their labels; bottom row: triggered images with the label the attacker wants."""
     n = min(n, len(clean), len(triggered))
     fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 4.0), squeeze=False, gridspec_kw={"hspace": 0.45})
     for i in range(n):
-        for row, (images, labels, title) in enumerate(((clean, clean_labels, "clean"), (triggered, triggered_labels, "triggered"))):
+        for row, (images, labels, title) in enumerate(
+            ((clean, clean_labels, "clean"), (triggered, triggered_labels, "triggered"))
+        ):
             ax = axes[row, i]
             ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8))
             ax.set_title(f"{title}\nlabel {int(labels[i])}", fontsize=8)
@@ -61,10 +66,22 @@ def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], titl
     ax.plot(sweep["fraction"], sweep["clean_accuracy"], color=CLEAN_COLOR, label="clean accuracy (validation)")
     measured_asr = sweep["attack_success_rate"].notna().any()
     if measured_asr:
-        ax.plot(sweep["fraction"], sweep["attack_success_rate"], color=ATTACK_COLOR, label="attack success rate (validation)")
+        ax.plot(
+            sweep["fraction"],
+            sweep["attack_success_rate"],
+            color=ATTACK_COLOR,
+            label="attack success rate (validation)",
+        )
     per_trigger = [c for c in sweep.columns if c.startswith("attack_success_rate_")]
-    for column, style in zip(per_trigger, ["--", "-.", ":", (0, (5, 1))]):
-        ax.plot(sweep["fraction"], sweep[column], color=ATTACK_COLOR, lw=0.9, ls=style, label=f"ASR, {column.removeprefix('attack_success_rate_')}")
+    for column, style in zip(per_trigger, ["--", "-.", ":", (0, (5, 1))], strict=False):
+        ax.plot(
+            sweep["fraction"],
+            sweep[column],
+            color=ATTACK_COLOR,
+            lw=0.9,
+            ls=style,
+            label=f"ASR, {column.removeprefix('attack_success_rate_')}",
+        )
     for t, step in thresholds.items():
         if step is None:
             continue
@@ -73,7 +90,9 @@ def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], titl
         ax.plot([row["fraction"]], [row["clean_accuracy"]], "o", color=CLEAN_COLOR)
         if measured_asr:
             ax.plot([row["fraction"]], [row["attack_success_rate"]], "o", color=ATTACK_COLOR)
-        ax.annotate(f"-{t:g} pts: {step} pruned", (row["fraction"], 4), fontsize=7, rotation=90, ha="right", va="bottom")
+        ax.annotate(
+            f"-{t:g} pts: {step} pruned", (row["fraction"], 4), fontsize=7, rotation=90, ha="right", va="bottom"
+        )
     ax.set_xlabel("fraction of channels pruned")
     ax.set_ylabel("percent")
     ax.set_ylim(-2, 102)
@@ -87,8 +106,12 @@ def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], titl
 
 def plot_goodnet(table: pd.DataFrame, title: str = "") -> plt.Figure:
     """Test accuracy and attack success rate of B, each B' and each G, side by side."""
-    long = table.melt(id_vars="model", value_vars=["clean_accuracy", "attack_success_rate"], var_name="metric", value_name="percent")
-    long["metric"] = long["metric"].map({"clean_accuracy": "clean test accuracy", "attack_success_rate": "attack success rate"})
+    long = table.melt(
+        id_vars="model", value_vars=["clean_accuracy", "attack_success_rate"], var_name="metric", value_name="percent"
+    )
+    long["metric"] = long["metric"].map(
+        {"clean_accuracy": "clean test accuracy", "attack_success_rate": "attack success rate"}
+    )
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table)), 4))
     sns.barplot(data=long, x="model", y="percent", hue="metric", palette=[CLEAN_COLOR, ATTACK_COLOR], ax=ax)
     for container in ax.containers:
@@ -125,15 +148,29 @@ def plot_repair_comparison(table: pd.DataFrame, title: str = "") -> plt.Figure:
     thresholds = sorted(table["threshold"].dropna().unique())
     ticks = ["none", *(f"{t:g} %" for t in thresholds)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    styles = [("#1f77b4", "-"), ("#1f77b4", "--"), ("#2ca02c", "-"), ("#2ca02c", "--")]  # pruning blue, fine-pruning green; G dashed
-    for (label, at_t, at_zero), (color, ls) in zip(REPAIRS, styles):
+    styles = [
+        ("#1f77b4", "-"),
+        ("#1f77b4", "--"),
+        ("#2ca02c", "-"),
+        ("#2ca02c", "--"),
+    ]  # pruning blue, fine-pruning green; G dashed
+    for (label, at_t, at_zero), (color, ls) in zip(REPAIRS, styles, strict=False):
         names = [at_zero, *(at_t.format(t=f"{t:g}") for t in thresholds)]
         present = [n in rows.index for n in names]
-        for ax, metric in zip(axes, ["clean_accuracy", "attack_success_rate"]):
-            values = [rows.loc[n, metric] if ok else np.nan for n, ok in zip(names, present)]
+        for ax, metric in zip(axes, ["clean_accuracy", "attack_success_rate"], strict=False):
+            values = [rows.loc[n, metric] if ok else np.nan for n, ok in zip(names, present, strict=False)]
             goodnet = "GoodNet" in label  # drawn over its network's line: open markers keep both visible
-            ax.plot(ticks, values, ls=ls, marker="o", ms=9 if goodnet else 5, mfc="none" if goodnet else color, color=color, label=label)
-    for ax, name in zip(axes, ["clean test accuracy (%)", "attack success rate on test data (%)"]):
+            ax.plot(
+                ticks,
+                values,
+                ls=ls,
+                marker="o",
+                ms=9 if goodnet else 5,
+                mfc="none" if goodnet else color,
+                color=color,
+                label=label,
+            )
+    for ax, name in zip(axes, ["clean test accuracy (%)", "attack success rate on test data (%)"], strict=False):
         ax.set_ylabel(name)
         ax.set_xlabel("channels pruned until validation accuracy dropped by")
         ax.set_ylim(-2, 102)

@@ -3,6 +3,7 @@
 With a ReLU after the convolution, a zeroed channel outputs exactly 0 everywhere, and so does the
 matching channel of the max-pooling layer after it; ``lib.sweep`` relies on that.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -1,4 +1,5 @@
 """Fixed seeds and deterministic TensorFlow ops: the same command gives the same numbers."""
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ temporary file and renamed onto the output path only on success. On failure it i
 ``<output>.failed.ipynb``, the output path is removed (so ``make`` runs it again next time), and
 one message names the failing cell and the error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,9 @@ def failing_cell(path: Path) -> str:
 def run(notebook: Path, output: Path, params: dict, kernel: str | None = None) -> int:
     unknown = set(params) - notebook_parameters(notebook)
     if unknown:
-        print(f"run_notebook: {notebook} has no parameter(s) {sorted(unknown)}; see its parameters cell", file=sys.stderr)
+        print(
+            f"run_notebook: {notebook} has no parameter(s) {sorted(unknown)}; see its parameters cell", file=sys.stderr
+        )
         return 2
     output.parent.mkdir(parents=True, exist_ok=True)
     for stale in output.parent.glob(f".{output.stem}.*.tmp*"):  # left by a run that was killed (SIGKILL)
@@ -81,13 +84,22 @@ def run(notebook: Path, output: Path, params: dict, kernel: str | None = None) -
         with atomic_path(output) as tmp:
             try:
                 papermill.execute_notebook(
-                    str(notebook), str(tmp), parameters=params, cwd=str(PROJECT_ROOT), kernel_name=kernel, progress_bar=False, log_output=False
+                    str(notebook),
+                    str(tmp),
+                    parameters=params,
+                    cwd=str(PROJECT_ROOT),
+                    kernel_name=kernel,
+                    progress_bar=False,
+                    log_output=False,
                 )
             except papermill.PapermillExecutionError:
                 tmp.replace(failed)
                 raise
     except papermill.PapermillExecutionError:
-        print(f"\nrun_notebook: {notebook} FAILED: {failing_cell(failed)}\n  executed notebook kept at {failed}", file=sys.stderr)
+        print(
+            f"\nrun_notebook: {notebook} FAILED: {failing_cell(failed)}\n  executed notebook kept at {failed}",
+            file=sys.stderr,
+        )
         return 1
     failed.unlink(missing_ok=True)
     print(f"run_notebook: {notebook} -> {output}")

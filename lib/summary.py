@@ -4,6 +4,7 @@
 ``python -m lib.summary --out results/csaw-summary csaw-sunglasses csaw-anonymous-1 ...`` writes
 ``results/csaw-summary.csv`` (full precision) and ``.md`` (rounded, for reading).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -32,8 +32,10 @@ do not change it, which a test checks bit for bit). The result equals, image for
 for step, the argmax of re-running the pruned Keras model (``naive_predictions``);
 ``tests/test_sweep.py`` and ``benchmarks/sweep.py`` check that, on the real CSAW weights.
 """
+
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -63,6 +65,7 @@ TOP_TWO_BLOCK = 16
 #: 20 % of the tie margin of Keras's, so within 5 % of this wider margin; ``tests/test_sweep.py``).
 CLOSED_FORM_MARGIN_FACTOR = 4.0
 
+
 # ----------------------------------------------------------------------------------------------
 # The closed-form tail
 # ----------------------------------------------------------------------------------------------
@@ -80,7 +83,12 @@ def _float32(layer) -> bool:
 
 
 def _dense(layer, activation) -> bool:
-    return type(layer) is keras.layers.Dense and _float32(layer) and layer.activation is activation and layer.lora_rank is None
+    return (
+        type(layer) is keras.layers.Dense
+        and _float32(layer)
+        and layer.activation is activation
+        and layer.lora_rank is None
+    )
 
 
 def _relu(layer) -> bool:
@@ -138,7 +146,9 @@ class LinearTail:
             for x in range(ow):
                 for dy in range(kh):
                     for dx in range(kw):
-                        by_channel_conv[:, (y + dy) * w + (x + dx), (y * ow + x) * f4 : (y * ow + x + 1) * f4] = k4[dy, dx]
+                        by_channel_conv[:, (y + dy) * w + (x + dx), (y * ow + x) * f4 : (y * ow + x + 1) * f4] = k4[
+                            dy, dx
+                        ]
         # The output layer padded to whole blocks of classes (see ``best_and_gap``); a padding
         # class scores -inf, or NaN (a near tie) if the hidden layer is not finite.
         self._blocks = -(-self.n_classes // TOP_TWO_BLOCK)
@@ -148,10 +158,14 @@ class LinearTail:
         f32 = lambda a: tf.constant(np.asarray(a, dtype=np.float32))  # noqa: E731
         self.fc1_by_channel = f32(w1.reshape(h * w, c, -1).transpose(1, 0, 2))
         self.conv_by_channel = f32(by_channel_conv)
-        self._w1, self._b1, self._k4, self._b4, self._w2, self._b2, self._wo, self._bo = (f32(a) for a in (w1, b1, k4, b4, w2, b2, wo, bo))
+        self._w1, self._b1, self._k4, self._b4, self._w2, self._b2, self._wo, self._bo = (
+            f32(a) for a in (w1, b1, k4, b4, w2, b2, wo, bo)
+        )
 
     def initial(self, x):
-        """``a1`` (m, F1) and the flattened ``c4`` (m, Ho*Wo*F4) of the unpruned tail, from pooled values ``x`` (m, H, W, C)."""
+        """``a1`` (m, F1) and the flattened ``c4`` (m, Ho*Wo*F4) of the unpruned tail, from pooled values ``x``
+        (m, H, W, C).
+        """
         import tensorflow as tf
 
         (h, w, c), (oh, ow, f4) = self.pool_shape, self.conv_shape
@@ -160,11 +174,16 @@ class LinearTail:
         a1 = tf.matmul(tf.reshape(x, [m, h * w * c]), self._w1) + self._b1
         # conv_4 as one matmul: every (kh, kw, C) window, in the kernel's order.
         windows = tf.stack([x[:, dy : dy + oh, dx : dx + ow] for dy in range(kh) for dx in range(kw)], axis=3)
-        c4 = tf.matmul(tf.reshape(windows, [m * oh * ow, kh * kw * c]), tf.reshape(self._k4, [kh * kw * c, f4])) + self._b4
+        c4 = (
+            tf.matmul(tf.reshape(windows, [m * oh * ow, kh * kw * c]), tf.reshape(self._k4, [kh * kw * c, f4]))
+            + self._b4
+        )
         return a1, tf.reshape(c4, [m, oh * ow * f4])
 
     def logits(self, a1, c4):
-        """The logits (before the softmax) from state rows ``a1``, ``c4``, padded with -inf to whole blocks of classes."""
+        """The logits (before the softmax) from state rows ``a1``, ``c4``, padded with -inf to whole blocks of
+        classes.
+        """
         import tensorflow as tf
 
         hidden = tf.nn.relu(tf.nn.bias_add(tf.matmul(tf.nn.relu(c4), self._w2), self._b2) + a1)
@@ -189,7 +208,10 @@ class LinearTail:
         first = tf.reduce_max(inside, axis=1)
 
         def without(values, index):
-            return tf.reduce_max(tf.where(tf.one_hot(index, tf.shape(values)[1], on_value=True, off_value=False), -np.inf, values), axis=1)
+            return tf.reduce_max(
+                tf.where(tf.one_hot(index, tf.shape(values)[1], on_value=True, off_value=False), -np.inf, values),
+                axis=1,
+            )
 
         second = tf.maximum(without(inside, best_inside), without(block_max, best_block))
         gap = tf.where(tf.math.is_finite(first), first - second, np.nan)
@@ -197,7 +219,9 @@ class LinearTail:
 
     @classmethod
     def recognise(cls, tail: keras.Model) -> LinearTail | None:
-        """The closed form of ``tail`` (a one-input sub-model from the pooling layer), or None if it has another shape."""
+        """The closed form of ``tail`` (a one-input sub-model from the pooling layer), or None if it has another
+        shape.
+        """
         if len(tail.inputs) != 1 or len(tail.outputs) != 1:
             return None
         pool_out = tail.inputs[0]
@@ -249,7 +273,9 @@ class LinearTail:
 
 
 def _over_chunks(total, chunk: int, evaluate):
-    """``evaluate(lo, hi)`` -> (classes, gaps) over ``[0, total)`` in chunks, one after the other, concatenated (in a graph)."""
+    """``evaluate(lo, hi)`` -> (classes, gaps) over ``[0, total)`` in chunks, one after the other, concatenated
+    (in a graph).
+    """
     import tensorflow as tf
 
     n_chunks = (total + chunk - 1) // chunk
@@ -302,7 +328,9 @@ class ClosedFormState:
 
             def chunk_of(lo, hi):
                 rows = images[lo:hi]
-                x = tf.gather(flat, tf.cast(rows, tf.int64)[:, None] * (h * w * c) + offsets)  # (m, H*W): the channel's values
+                x = tf.gather(
+                    flat, tf.cast(rows, tf.int64)[:, None] * (h * w * c) + offsets
+                )  # (m, H*W): the channel's values
                 a1 = tf.gather(self._a1, rows) - tf.matmul(x, fc1)
                 c4 = tf.gather(self._c4, rows) - tf.matmul(x, conv)
                 self._a1.scatter_update(tf.IndexedSlices(a1, rows))
@@ -311,8 +339,12 @@ class ClosedFormState:
 
             return _over_chunks(tf.shape(images)[0], chunk, chunk_of)
 
-        self._fill = tf.function(fill, autograph=False).get_concrete_function(tf.TensorSpec([None, h, w, c], tf.float32))
-        self._step = tf.function(step, autograph=False).get_concrete_function(tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32))
+        self._fill = tf.function(fill, autograph=False).get_concrete_function(
+            tf.TensorSpec([None, h, w, c], tf.float32)
+        )
+        self._step = tf.function(step, autograph=False).get_concrete_function(
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)
+        )
         classes, gaps = self._fill(self._pooled)
         #: Each image's best class and logit gap (as ``LinearTail.best_and_gap``) before any pruning.
         self.initial_classes, self.initial_gaps = classes.numpy().astype(np.int64), gaps.numpy()
@@ -325,7 +357,12 @@ class ClosedFormState:
     def logits(self) -> np.ndarray:
         """The logits of every image in the current state, float32 (n, classes)."""
         n = int(self._a1.shape[0])
-        z = np.concatenate([self._tail.logits(self._a1[lo : lo + self.chunk], self._c4[lo : lo + self.chunk]).numpy() for lo in range(0, n, self.chunk)])
+        z = np.concatenate(
+            [
+                self._tail.logits(self._a1[lo : lo + self.chunk], self._c4[lo : lo + self.chunk]).numpy()
+                for lo in range(0, n, self.chunk)
+            ]
+        )
         return z[:, : self._tail.n_classes]
 
 
@@ -408,7 +445,10 @@ class SweepEngine:
         if sparse.size == 0:
             return
         scores = np.concatenate(
-            [self.tail.predict_on_batch(pooled[sparse[i : i + self.batch_size]] * keep) for i in range(0, sparse.size, self.batch_size)]
+            [
+                self.tail.predict_on_batch(pooled[sparse[i : i + self.batch_size]] * keep)
+                for i in range(0, sparse.size, self.batch_size)
+            ]
         )
         self.evaluated += sparse.size
         out[sparse] = np.argmax(scores, axis=-1)
@@ -418,8 +458,11 @@ class SweepEngine:
             self.near_ties += ties.size
             self._exact_classes(pooled, keep, np.unique(self._batch_of[ties]), out)
 
-    def _closed_form_classes(self, images: np.ndarray, classes: np.ndarray, gaps: np.ndarray, k: int, out: np.ndarray, ties: list) -> None:
-        """Write into ``out`` the classes of ``images`` at step ``k``, from the closed-form tail's ``classes`` and logit ``gaps``.
+    def _closed_form_classes(
+        self, images: np.ndarray, classes: np.ndarray, gaps: np.ndarray, k: int, out: np.ndarray, ties: list
+    ) -> None:
+        """Write into ``out`` the classes of ``images`` at step ``k``, from the closed-form tail's ``classes`` and
+        logit ``gaps``.
 
         Its float32 logits differ from the Keras tail's by float rounding only, far less than the
         tie margin (``tests/test_sweep.py`` measures it on the real weights), so an image whose
@@ -435,7 +478,9 @@ class SweepEngine:
             ties.append((k, images[near]))
         out[images] = classes
 
-    def _settle_ties(self, pooled: np.ndarray, order: Sequence[int], ties: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
+    def _settle_ties(
+        self, pooled: np.ndarray, order: Sequence[int], ties: list[tuple[int, np.ndarray]], out: np.ndarray
+    ) -> None:
         """Replace the near-tie placeholders in ``out`` by the Keras tail's classes at the images' reference places.
 
         The Keras tail's result for an image depends on the size of its batch and its place in it,
@@ -484,7 +529,9 @@ class SweepEngine:
         self._bounds = bounds
         self._batch_of = np.concatenate(batch_of) if batch_of else np.empty(0, dtype=np.int64)
 
-    def predictions(self, pooled_sets: Sequence[np.ndarray], order: Sequence[int], progress: bool = True) -> list[np.ndarray]:
+    def predictions(
+        self, pooled_sets: Sequence[np.ndarray], order: Sequence[int], progress: bool = True
+    ) -> list[np.ndarray]:
         """Predicted classes for each set: (len(order) + 1, n_set), row k after pruning ``order[:k]``.
 
         ``pooled_sets`` are the cached pooling-layer outputs (n, H, W, C) of the unpruned model,
@@ -542,11 +589,15 @@ def naive_predictions(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
 ) -> dict[int, list[np.ndarray]]:
-    """The reference: for each k in ``steps``, prune ``order[:k]`` in a copy of the model and re-run it whole on every set."""
+    """The reference: for each k in ``steps``, prune ``order[:k]`` in a copy of the model and re-run it whole on
+    every set.
+    """
     result = {}
     for k in tqdm(list(steps), desc="naive re-evaluation", unit="step", disable=not progress):
         pruned = prune_channels(model, conv_layer, list(order)[:k])
-        result[k] = [np.argmax(pruned.predict(images, batch_size=batch_size, verbose=0), axis=-1) for images in image_sets]
+        result[k] = [
+            np.argmax(pruned.predict(images, batch_size=batch_size, verbose=0), axis=-1) for images in image_sets
+        ]
     return result
 
 
@@ -609,10 +660,14 @@ def run_pruning_sweep(
     """
     names = list(triggered)
     predictions = engine.predictions([clean_pooled, *(triggered[n][0] for n in names)], order, progress=progress)
-    clean_preds, triggered_preds = predictions[0], dict(zip(names, predictions[1:]))
+    clean_preds, triggered_preds = predictions[0], dict(zip(names, predictions[1:], strict=False))
     clean_labels = np.asarray(clean_labels)
     table = sweep_table(
-        clean_preds, clean_labels, {n: (triggered_preds[n], np.asarray(triggered[n][1])) for n in names}, order, mean_activations
+        clean_preds,
+        clean_labels,
+        {n: (triggered_preds[n], np.asarray(triggered[n][1])) for n in names},
+        order,
+        mean_activations,
     )
     correct = (clean_preds == clean_labels[None, :]).sum(axis=1)
     return SweepResult(table, clean_preds, triggered_preds, np.asarray(order), correct, len(clean_pooled))
@@ -624,8 +679,12 @@ def validate_thresholds(thresholds: Sequence[float]) -> list[float]:
     if not values:
         raise InputError("thresholds", "no threshold given", "pass e.g. thresholds=[2, 4, 10]")
     if any(not 0 < t < 100 for t in values):
-        raise InputError("thresholds", f"{values} has values outside (0, 100)", "give accuracy drops in percentage points, e.g. [2, 4, 10]")
-    if any(b <= a for a, b in zip(values, values[1:])):
+        raise InputError(
+            "thresholds",
+            f"{values} has values outside (0, 100)",
+            "give accuracy drops in percentage points, e.g. [2, 4, 10]",
+        )
+    if any(b <= a for a, b in itertools.pairwise(values)):
         raise InputError("thresholds", f"{values} is not strictly increasing", "sort the thresholds, e.g. [2, 4, 10]")
     return values
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models and images built in the tests, and the real CSAW weights when present."""
+
 from __future__ import annotations
 
 import os
@@ -6,15 +7,15 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from keras import layers  # noqa: E402
+import keras
+import numpy as np
+import pytest
+from keras import layers
 
-from lib.paths import PROJECT_ROOT  # noqa: E402
-from lib.reproducibility import make_deterministic  # noqa: E402
+from lib.paths import PROJECT_ROOT
+from lib.reproducibility import make_deterministic
 
 CSAW_MODELS = PROJECT_ROOT.parent / "shared" / "csaw-models"
 LAB3_WEIGHTS = CSAW_MODELS / "lab3_bd_weights.h5"

@@ -4,6 +4,7 @@ The weights are the real competition BadNets from shared/csaw-models (the mirror
 fetched from GitHub; the Drive folder is replaced at the downloader boundary by tiny CSAW-schema
 sets. The pipeline then runs on each dataset as ``make csaw-all`` would (steps 2-4 and the summary).
 """
+
 from __future__ import annotations
 
 import zlib
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import download, pipeline
+from lib import pipeline
 from lib.architecture import CSAW_NUM_CLASSES
 from lib.catalog import COMPETITION_DATASETS, DATASETS, dataset_spec
 from lib.datasets import save_image_set
@@ -112,14 +113,21 @@ def test_unpublished_optional_poisoned_data_is_reported_not_fatal(tmp_path):
     assert summary["anonymous_1_poisoned_data.h5"]["status"] == "not published"
     assert "anonymous_1_poisoned_data.h5" not in read_lock(tmp_path / "lock")
     # A later run with everything else present does not try to download the missing optional file.
-    again = ensure_csaw(spec, tmp_path / spec.name, lock_file=tmp_path / "lock", weights_mirror=SHARED, downloader=None, progress=False)
+    again = ensure_csaw(
+        spec, tmp_path / spec.name, lock_file=tmp_path / "lock", weights_mirror=SHARED, downloader=None, progress=False
+    )
     assert again["clean_test_data.h5"]["status"] == "present"
 
 
 def test_optional_poisoned_data_is_used_when_the_folder_has_it(tmp_path):
     spec = dataset_spec("csaw-anonymous-1")
     summary = ensure_csaw(
-        spec, tmp_path / spec.name, lock_file=tmp_path / "lock", weights_mirror=SHARED, downloader=FakeCompetitionDrive(), progress=False
+        spec,
+        tmp_path / spec.name,
+        lock_file=tmp_path / "lock",
+        weights_mirror=SHARED,
+        downloader=FakeCompetitionDrive(),
+        progress=False,
     )
     assert summary["anonymous_1_poisoned_data.h5"]["status"] == "downloaded"
 
@@ -132,7 +140,14 @@ def test_a_required_file_missing_from_the_folder_is_one_clear_error(tmp_path):
 
     spec = dataset_spec("csaw-multi-trigger")
     with pytest.raises(InputError) as info:
-        ensure_csaw(spec, tmp_path / spec.name, lock_file=tmp_path / "lock", weights_mirror=SHARED, downloader=Incomplete(), progress=False)
+        ensure_csaw(
+            spec,
+            tmp_path / spec.name,
+            lock_file=tmp_path / "lock",
+            weights_mirror=SHARED,
+            downloader=Incomplete(),
+            progress=False,
+        )
     assert "lipstick_poisoned_data.h5" in str(info.value) and "download by hand" in str(info.value)
     assert not (tmp_path / spec.name).exists()
 

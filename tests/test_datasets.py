@@ -1,4 +1,5 @@
 """Image sets: the CSAW HDF5 schema round-trips, and every bad file gives one InputError naming it and the fix."""
+
 from __future__ import annotations
 
 import re
@@ -274,5 +275,7 @@ def test_check_paired(tmp_path):
     fewer = load_image_set(save_image_set(tmp_path / "bd_test.h5", smooth_images(N - 2), _labels(N - 2)))
     with pytest.raises(InputError) as info:
         check_paired(clean, fewer)
-    message = _assert_input_error(info, fewer.path, f"{N - 2} triggered images but {N} clean", "bd_valid.h5 with valid.h5")
+    message = _assert_input_error(
+        info, fewer.path, f"{N - 2} triggered images but {N} clean", "bd_valid.h5 with valid.h5"
+    )
     assert str(clean.path) in message

@@ -4,6 +4,7 @@ Everything runs on tiny recipes (a handful of identities, one epoch) so the file
 the default recipe's figures (accuracy, attack success, behaviour under pruning) are measured
 by the pipeline itself, not here.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ from lib.demo import DemoRecipe, build_demo_scenario, ensure_demo_scenario, gene
 from lib.models import load_model_file
 from lib.paths import DatasetFiles
 
-TINY = DemoRecipe(n_identities=5, train_per_identity=8, valid_per_identity=3, test_per_identity=2, epochs=1, batch_size=16, seed=7)
+TINY = DemoRecipe(
+    n_identities=5, train_per_identity=8, valid_per_identity=3, test_per_identity=2, epochs=1, batch_size=16, seed=7
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def test_generator_is_a_function_of_the_rng():
     a = generate_faces(3, 4, np.random.default_rng(5))
     b = generate_faces(3, 4, np.random.default_rng(5))
     c = generate_faces(3, 4, np.random.default_rng(6))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=False))
     assert not np.array_equal(a[0], c[0])
 
 
@@ -81,8 +84,12 @@ def test_identities_are_distinguishable(faces):
 
 def test_shared_identities_across_calls():
     ids = demo.draw_identities(3, np.random.default_rng(1))
-    a, _, _ = generate_faces(3, 2, np.random.default_rng(2), identities=ids, max_shift=0, max_scale=0, exposure=0, noise=0)
-    b, _, _ = generate_faces(3, 2, np.random.default_rng(3), identities=ids, max_shift=0, max_scale=0, exposure=0, noise=0)
+    a, _, _ = generate_faces(
+        3, 2, np.random.default_rng(2), identities=ids, max_shift=0, max_scale=0, exposure=0, noise=0
+    )
+    b, _, _ = generate_faces(
+        3, 2, np.random.default_rng(3), identities=ids, max_shift=0, max_scale=0, exposure=0, noise=0
+    )
     assert np.array_equal(a, b)  # without pose, lighting and noise only the identity is left
 
 
@@ -128,7 +135,11 @@ def test_fingerprint_tracks_every_field_and_the_code_version(monkeypatch):
     base = DemoRecipe()
     assert base.fingerprint() == DemoRecipe().fingerprint()
     int(base.fingerprint(), 16)
-    changed = {replace(base, seed=1).fingerprint(), replace(base, epochs=3).fingerprint(), replace(base, poison_fraction=0.2).fingerprint()}
+    changed = {
+        replace(base, seed=1).fingerprint(),
+        replace(base, epochs=3).fingerprint(),
+        replace(base, poison_fraction=0.2).fingerprint(),
+    }
     assert base.fingerprint() not in changed and len(changed) == 3
     before = base.fingerprint()
     monkeypatch.setattr(demo, "DEMO_CODE_VERSION", demo.DEMO_CODE_VERSION + 1)
@@ -157,7 +168,9 @@ def test_badnets_fingerprint_is_the_one_from_before_attacks_existed():
     legacy = {k: v for k, v in base.to_dict().items() if k != "attack" and k not in demo.PRUNING_AWARE_FIELDS}
     payload = json.dumps({"code_version": demo.DEMO_CODE_VERSION, **legacy}, sort_keys=True)
     assert base.fingerprint() == hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-    assert replace(base, attacker_accuracy_drop=3, decoy_margin=2).fingerprint() == base.fingerprint()  # unread by badnets
+    assert (
+        replace(base, attacker_accuracy_drop=3, decoy_margin=2).fingerprint() == base.fingerprint()
+    )  # unread by badnets
 
 
 def test_recipe_rejects_impossible_values():
@@ -226,7 +239,7 @@ def test_same_recipe_gives_the_same_files(tiny_root, tmp_path):
         assert np.array_equal(x.images, y.images) and np.array_equal(x.labels, y.labels)
         assert (x.orig_labels is None and y.orig_labels is None) or np.array_equal(x.orig_labels, y.orig_labels)
     wa, wb = load_model_file(a.badnet).get_weights(), load_model_file(b.badnet).get_weights()
-    assert len(wa) == len(wb) and all(np.array_equal(p, q) for p, q in zip(wa, wb))
+    assert len(wa) == len(wb) and all(np.array_equal(p, q) for p, q in zip(wa, wb, strict=False))
     sa = json.loads((tiny_root / "recipe.json").read_text())["summary"]
     sb = json.loads((again / "recipe.json").read_text())["summary"]
     for key in ("clean_valid_accuracy", "valid_attack_success_rate", "n_valid", "n_train_poisoned"):
@@ -310,7 +323,10 @@ def test_pruning_aware_build_writes_the_scenario_and_records_its_decoys(aware_ro
     summary = record["summary"]
     decoys = summary["attacker_decoy_channels"]
     assert 0 < len(decoys) < 60 and decoys == sorted(set(decoys))
-    assert summary["attacker_clean_train_accuracy"] - summary["attacker_pruned_train_accuracy"] <= AWARE.attacker_accuracy_drop
+    assert (
+        summary["attacker_clean_train_accuracy"] - summary["attacker_pruned_train_accuracy"]
+        <= AWARE.attacker_accuracy_drop
+    )
     assert not list(aware_root.rglob(".*tmp*"))
 
 
@@ -319,7 +335,7 @@ def test_pruning_aware_build_is_deterministic(aware_root, tmp_path):
     build_demo_scenario(again, AWARE, progress=False)
     wa = load_model_file(DatasetFiles(aware_root).badnet).get_weights()
     wb = load_model_file(DatasetFiles(again).badnet).get_weights()
-    assert all(np.array_equal(p, q) for p, q in zip(wa, wb))
+    assert all(np.array_equal(p, q) for p, q in zip(wa, wb, strict=False))
     assert _summary(aware_root)["attacker_decoy_channels"] == _summary(again)["attacker_decoy_channels"]
 
 
@@ -379,6 +395,8 @@ def test_attacker_prunes_within_its_accuracy_budget():
     make_deterministic(3)
     model = build_deepid(4)
     images, labels, _ = generate_faces(4, 6, np.random.default_rng(1))
-    (pruned0, before0, after0), (pruned50, _, after50) = (demo.attacker_pruning(model, images, labels, d) for d in (0, 50))
+    (pruned0, before0, after0), (pruned50, _, after50) = (
+        demo.attacker_pruning(model, images, labels, d) for d in (0, 50)
+    )
     assert after0 == before0 and before0 - after50 < 50
     assert set(pruned0) <= set(pruned50) and len(pruned50) <= 59

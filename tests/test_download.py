@@ -3,6 +3,7 @@
 The Drive data is faked with tiny CSAW-schema sets; the weights are the real lab-3 BadNet weights
 from shared/csaw-models (tests that need them are skipped when that folder is absent).
 """
+
 from __future__ import annotations
 
 import re
@@ -39,7 +40,8 @@ SHARED = PROJECT_ROOT.parent / "shared" / "csaw-models"
 REAL_WEIGHTS = SHARED / "lab3_bd_weights.h5"
 needs_weights = pytest.mark.skipif(
     not REAL_WEIGHTS.is_file(),
-    reason=f"{REAL_WEIGHTS} is absent: these tests build bd_net.h5 from the real lab-3 weights (put shared/csaw-models beside the project)",
+    reason=f"{REAL_WEIGHTS} is absent: these tests build bd_net.h5 from the real lab-3 weights "
+    "(put shared/csaw-models beside the project)",
 )
 
 
@@ -53,8 +55,14 @@ def write_fake_set(path: Path, seed: int) -> None:
 class FakeDownloader:
     """Writes what the lab's Drive folder and the GitHub URL would deliver, or fails as asked."""
 
-    def __init__(self, weights: bytes | None = None, layout: str = "data", fail: str | None = None,
-                 truncate: str | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        weights: bytes | None = None,
+        layout: str = "data",
+        fail: str | None = None,
+        truncate: str | None = None,
+        seed: int = 0,
+    ) -> None:
         self.weights = weights
         self.layout = layout
         self.fail = fail
@@ -126,7 +134,9 @@ def test_first_run_downloads_verifies_records_and_builds(tmp_path, layout):
     assert fake.calls == [WEIGHTS_URL, DRIVE_FOLDER_ID]
     assert files_in(root) == ALL_FILES  # no staging folder or temporary file left
     assert {rel: s["status"] for rel, s in summary.items()} == {
-        WEIGHTS: "downloaded", **{rel: "downloaded" for rel in DRIVE_FILES}, BADNET: "built"
+        WEIGHTS: "downloaded",
+        **{rel: "downloaded" for rel in DRIVE_FILES},
+        BADNET: "built",
     }
     for rel, entry in summary.items():
         assert entry["path"] == root / rel

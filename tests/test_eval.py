@@ -1,4 +1,5 @@
 """G as one Keras file (lib.goodnet_model) and the eval command (lib.eval) answer what goodnet_classes answers."""
+
 from __future__ import annotations
 
 import io
@@ -18,7 +19,14 @@ from lib.datasets import save_image_set
 from lib.errors import InputError
 from lib.eval import classify, main
 from lib.goodnet import goodnet_classes
-from lib.goodnet_model import GoodNetDecision, build_goodnet, goodnet_predict_classes, is_goodnet, load_goodnet, save_goodnet
+from lib.goodnet_model import (
+    GoodNetDecision,
+    build_goodnet,
+    goodnet_predict_classes,
+    is_goodnet,
+    load_goodnet,
+    save_goodnet,
+)
 from lib.models import load_model_file, predict_classes, save_model
 from lib.paths import PROJECT_ROOT
 from lib.pruning import prune_channels
@@ -36,7 +44,14 @@ def nets(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("models")
     save_goodnet(goodnet, folder / "g.keras")
     save_model(badnet, folder / "b.h5")
-    return {"B": badnet, "B'": repaired, "G": goodnet, "g_path": folder / "g.keras", "b_path": folder / "b.h5", "x": smooth_images(24, seed=1)}
+    return {
+        "B": badnet,
+        "B'": repaired,
+        "G": goodnet,
+        "g_path": folder / "g.keras",
+        "b_path": folder / "b.h5",
+        "x": smooth_images(24, seed=1),
+    }
 
 
 def reference(nets: dict, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -89,13 +104,17 @@ def test_saved_goodnet_loads_back_as_the_same_network(nets):
     loaded = load_goodnet(nets["g_path"])
     assert is_goodnet(loaded)
     assert [layer.name for layer in loaded.layers] == ["input", "badnet", "repaired", "goodnet_decision"]
-    np.testing.assert_array_equal(loaded.predict(nets["x"], batch_size=8, verbose=0), nets["G"].predict(nets["x"], batch_size=8, verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(nets["x"], batch_size=8, verbose=0), nets["G"].predict(nets["x"], batch_size=8, verbose=0)
+    )
     np.testing.assert_array_equal(goodnet_predict_classes(loaded, nets["x"], 8), reference(nets, nets["x"], 8))
 
 
 def test_goodnet_of_a_model_with_itself_is_that_model(nets):
     goodnet = build_goodnet(nets["B"], nets["B"])
-    np.testing.assert_array_equal(goodnet_predict_classes(goodnet, nets["x"], 8), predict_classes(nets["B"], nets["x"], 8))
+    np.testing.assert_array_equal(
+        goodnet_predict_classes(goodnet, nets["x"], 8), predict_classes(nets["B"], nets["x"], 8)
+    )
 
 
 def test_goodnet_is_a_copy_that_later_changes_to_b_do_not_reach(nets):
@@ -113,7 +132,9 @@ def test_exact_ties_break_like_numpy_argmax():
     out.set_weights([np.zeros_like(w) for w in out.get_weights()])
     images = smooth_images(3, seed=4)
     got = goodnet_predict_classes(build_goodnet(uniform, uniform), images, 4)
-    np.testing.assert_array_equal(got, goodnet_classes(predict_classes(uniform, images, 4), predict_classes(uniform, images, 4), N))
+    np.testing.assert_array_equal(
+        got, goodnet_classes(predict_classes(uniform, images, 4), predict_classes(uniform, images, 4), N)
+    )
     np.testing.assert_array_equal(got, 0)
 
 
@@ -130,7 +151,7 @@ def test_load_goodnet_refuses_a_plain_model_and_a_non_model(nets, tmp_path):
     assert str(nets["b_path"]) in str(info.value) and "build_goodnet" in info.value.fix
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="junk.keras"):
+    with pytest.raises(InputError, match=r"junk\.keras"):
         load_goodnet(junk)
 
 
@@ -184,7 +205,9 @@ def test_classify_answers_goodnet_classes_for_images_and_hdf5_sets(nets, inputs)
 
 def test_classify_with_a_badnet_prints_its_classes_without_a_poisoned_column(nets, inputs):
     rows = classify(nets["b_path"], inputs["files"], batch_size=4)
-    np.testing.assert_array_equal([r.label for r in rows], predict_classes(load_model_file(nets["b_path"], num_classes=N), inputs["pixels"], 4))
+    np.testing.assert_array_equal(
+        [r.label for r in rows], predict_classes(load_model_file(nets["b_path"], num_classes=N), inputs["pixels"], 4)
+    )
     assert all(r.poisoned is None and len(r.line().split("\t")) == 2 for r in rows)
 
 
@@ -221,7 +244,9 @@ def test_main_prints_one_tab_separated_line_per_image(nets, inputs, capsys):
     code, out, err = run_main(capsys, "--model", nets["g_path"], *inputs["files"], "--batch-size", 4)
     assert code == 0, err
     expected = reference(nets, inputs["pixels"], 4)
-    assert out.splitlines() == [f"{n}\t{c}\t{'poisoned' if c == N else 'clean'}" for n, c in zip(inputs["names"], expected)]
+    assert out.splitlines() == [
+        f"{n}\t{c}\t{'poisoned' if c == N else 'clean'}" for n, c in zip(inputs["names"], expected, strict=False)
+    ]
 
 
 def assert_one_error_line(code: int, out: str, err: str, *phrases: str) -> None:
@@ -239,12 +264,18 @@ def test_bad_inputs_exit_2_with_one_error_line(nets, inputs, tmp_path, capsys):
     bad_h5.write_bytes(inputs["h5"].read_bytes()[:600])
     big = write_png(tmp_path / "big.png", np.zeros((80, 100, 3)))
     g = nets["g_path"]
-    assert_one_error_line(*run_main(capsys, "--model", g, inputs["files"][0], bad_png), f"error: {bad_png}: ", "not a readable image")
+    assert_one_error_line(
+        *run_main(capsys, "--model", g, inputs["files"][0], bad_png), f"error: {bad_png}: ", "not a readable image"
+    )
     assert_one_error_line(*run_main(capsys, "--model", g, tmp_path / "missing.png"), "missing.png: file not found")
     assert_one_error_line(*run_main(capsys, "--model", g, bad_h5), f"error: {bad_h5}: ")
     assert_one_error_line(*run_main(capsys, "--model", g, big), "100x80", "--resize")
-    assert_one_error_line(*run_main(capsys, "--model", tmp_path / "none.keras", big), "none.keras: model file not found", "--model")
-    assert_one_error_line(*run_main(capsys, "--model", inputs["files"][0], big), f"error: {inputs['files'][0]}: ", "--model")
+    assert_one_error_line(
+        *run_main(capsys, "--model", tmp_path / "none.keras", big), "none.keras: model file not found", "--model"
+    )
+    assert_one_error_line(
+        *run_main(capsys, "--model", inputs["files"][0], big), f"error: {inputs['files'][0]}: ", "--model"
+    )
     assert_one_error_line(*run_main(capsys, "--model", inputs["h5"], big), f"error: {inputs['h5']}: ", "--model")
 
 
@@ -262,10 +293,24 @@ def test_help_documents_model_kinds_output_and_exit_codes(capsys):
 
 def test_the_command_line_entry_point_runs(nets, inputs):
     result = subprocess.run(
-        [sys.executable, "-m", "lib.eval", "--model", str(nets["g_path"]), *map(str, inputs["files"]), "--batch-size", "4"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "lib.eval",
+            "--model",
+            str(nets["g_path"]),
+            *map(str, inputs["files"]),
+            "--batch-size",
+            "4",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     expected = reference(nets, inputs["pixels"], 4)
-    assert [line.split("\t")[:2] for line in result.stdout.splitlines()] == [[n, str(c)] for n, c in zip(inputs["names"], expected)]
+    assert [line.split("\t")[:2] for line in result.stdout.splitlines()] == [
+        [n, str(c)] for n, c in zip(inputs["names"], expected, strict=False)
+    ]
     assert "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
 """Models: the CSAW architecture, loading the real weights, atomic saving, and one clear error per bad model file."""
+
 from __future__ import annotations
 
 import re
@@ -115,7 +116,9 @@ def test_save_model_replaces_an_existing_file(tmp_path):
     second = tiny_deepid(seed=2)
     save_model(second, path)
     images = tiny_images(3)
-    np.testing.assert_array_equal(keras.models.load_model(path, compile=False).predict(images, verbose=0), second.predict(images, verbose=0))
+    np.testing.assert_array_equal(
+        keras.models.load_model(path, compile=False).predict(images, verbose=0), second.predict(images, verbose=0)
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]
 
 
@@ -196,7 +199,9 @@ def test_keras3_weights_of_another_architecture(tmp_path):
     tiny_deepid().save_weights(path)
     with pytest.raises(InputError) as info:
         load_model_file(path)
-    _assert_input_error(info, path, "do not fit the DeepID architecture with 1283 classes", "CSAW-HackML-2020 weights file")
+    _assert_input_error(
+        info, path, "do not fit the DeepID architecture with 1283 classes", "CSAW-HackML-2020 weights file"
+    )
 
 
 def test_csaw_format_weights_of_another_architecture(tmp_path):
@@ -285,4 +290,6 @@ def test_check_prunable_pool_channels_do_not_match(tiny):
     # conv_1 has 4 filters, pool_3 sees conv_3's 10 channels.
     with pytest.raises(InputError) as info:
         check_prunable(tiny, "conv_1", "pool_3", path="bd_net.h5")
-    _assert_input_error(info, "bd_net.h5", "'pool_3' has 10 input channels but 'conv_1' has 4 filters", "directly follows")
+    _assert_input_error(
+        info, "bd_net.h5", "'pool_3' has 10 input channels but 'conv_1' has 4 filters", "directly follows"
+    )

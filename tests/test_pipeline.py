@@ -1,4 +1,5 @@
 """The five notebooks, run headlessly by papermill on a small demo scenario, produce the contract's files."""
+
 from __future__ import annotations
 
 import subprocess
@@ -37,7 +38,13 @@ def demo_run(tmp_path_factory) -> tuple[Path, Path]:
                 params += ["-p", "thresholds=[2, 4, 10]"]
             if name == "05_fine_pruning":
                 params += ["-p", "epochs=3"]
-            rc = run_notebook([str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb"), str(base / "results" / "demo" / "notebooks" / f"{name}.ipynb"), *params])
+            rc = run_notebook(
+                [
+                    str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb"),
+                    str(base / "results" / "demo" / "notebooks" / f"{name}.ipynb"),
+                    *params,
+                ]
+            )
             assert rc == 0, f"{name} failed"
         yield base / "data" / "demo", base / "results" / "demo"
     finally:
@@ -48,7 +55,15 @@ def test_notebooks_write_the_contract_files(demo_run):
     data, results = demo_run
     for f in ["cl/valid.h5", "cl/test.h5", "bd/bd_valid.h5", "bd/bd_test.h5", "bd_net.h5"]:
         assert (data / f).is_file(), f
-    for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md", "fine_pruning.csv", "models/ft.h5"]:
+    for f in [
+        "activations.csv",
+        "sweep.csv",
+        "thresholds.csv",
+        "goodnet.csv",
+        "goodnet.md",
+        "fine_pruning.csv",
+        "models/ft.h5",
+    ]:
         assert (results / f).is_file(), f
     for f in ["samples.png", "activations.png", "sweep.png", "goodnet.png", "fine_pruning.png"]:
         assert (results / "figures" / f).stat().st_size > 1000, f
@@ -61,7 +76,14 @@ def test_notebooks_write_the_contract_files(demo_run):
 def test_sweep_csv_follows_the_contract(demo_run):
     _, results = demo_run
     sweep = pd.read_csv(results / "sweep.csv")
-    assert list(sweep.columns) == ["pruned", "fraction", "channel", "mean_activation", "clean_accuracy", "attack_success_rate"]
+    assert list(sweep.columns) == [
+        "pruned",
+        "fraction",
+        "channel",
+        "mean_activation",
+        "clean_accuracy",
+        "attack_success_rate",
+    ]
     assert sweep["pruned"].tolist() == list(range(61))
     assert pd.isna(sweep.loc[0, "channel"]) and sorted(sweep["channel"][1:].astype(int)) == list(range(60))
     assert np.all(np.diff(sweep["mean_activation"][1:]) >= 0), "channels pruned in increasing order of activation"
@@ -107,7 +129,11 @@ def test_fine_pruned_models_keep_their_channels_pruned(demo_run):
     history = pd.read_csv(results / "fine_pruning.csv")
     for row in pd.read_csv(results / "thresholds.csv").dropna(subset=["channels_pruned"]).itertuples():
         k = int(row.channels_pruned)
-        kernel, bias = keras.models.load_model(results / "models" / f"fp_{row.threshold:g}.h5", compile=False).get_layer("conv_3").get_weights()
+        kernel, bias = (
+            keras.models.load_model(results / "models" / f"fp_{row.threshold:g}.h5", compile=False)
+            .get_layer("conv_3")
+            .get_weights()
+        )
         pruned = sweep.loc[1:k, "channel"].astype(int).tolist()
         assert np.all(kernel[..., pruned] == 0) and np.all(bias[pruned] == 0)
         kept = history[(history["model"] == f"FP_{row.threshold:g}%") & history["kept"]]
@@ -127,7 +153,9 @@ def test_saved_goodnets_answer_as_the_table_says(demo_run, monkeypatch):
     files.update({f"GFP_{t:g}%": f"fp_{t:g}" for t in table["threshold"].dropna().unique()} | {"GFT": "ft"})
     for row, stem in files.items():
         g = load_goodnet(results / "models" / f"goodnet_{stem}.keras")
-        assert accuracy(goodnet_predict_classes(g, clean.images), clean.labels) == pytest.approx(table.loc[row, "clean_accuracy"]), row
+        assert accuracy(goodnet_predict_classes(g, clean.images), clean.labels) == pytest.approx(
+            table.loc[row, "clean_accuracy"]
+        ), row
         asr = accuracy(goodnet_predict_classes(g, triggered.images), triggered.labels)
         assert asr == pytest.approx(table.loc[row, "attack_success_rate"]), row
 
@@ -140,7 +168,10 @@ def test_eval_command_runs_a_saved_goodnet_on_the_test_set(demo_run):
     threshold = pd.read_csv(results / "thresholds.csv").dropna(subset=["channels_pruned"])["threshold"].iloc[0]
     model = results / "models" / f"goodnet_bprime_{threshold:g}.keras"
     proc = subprocess.run(
-        [sys.executable, "-m", "lib.eval", "--model", str(model), str(data / "bd" / "bd_test.h5")], capture_output=True, text=True, cwd=PROJECT_ROOT
+        [sys.executable, "-m", "lib.eval", "--model", str(model), str(data / "bd" / "bd_test.h5")],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     lines = [line.split("\t") for line in proc.stdout.splitlines()]
@@ -150,7 +181,9 @@ def test_eval_command_runs_a_saved_goodnet_on_the_test_set(demo_run):
     n = keras.models.load_model(data / "bd_net.h5", compile=False).output_shape[-1]
     assert all(status == ("poisoned" if int(c) == n else "clean") for _, c, status in lines)
     table = pd.read_csv(results / "goodnet.csv").set_index("model")
-    assert 100 * np.mean(classes == triggered.labels) == pytest.approx(table.loc[f"G_{threshold:g}%", "attack_success_rate"])
+    assert 100 * np.mean(classes == triggered.labels) == pytest.approx(
+        table.loc[f"G_{threshold:g}%", "attack_success_rate"]
+    )
 
 
 def test_triggered_sets_hold_only_non_target_images(demo_run):
@@ -162,7 +195,15 @@ def test_triggered_sets_hold_only_non_target_images(demo_run):
 def test_a_failing_notebook_is_kept_apart_and_named(tmp_path, isolated_roots):
     out = tmp_path / "02.ipynb"
     proc = subprocess.run(
-        [sys.executable, "-m", "lib.run_notebook", str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"), str(out), "-p", "dataset=csaw-lab3"],
+        [
+            sys.executable,
+            "-m",
+            "lib.run_notebook",
+            str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"),
+            str(out),
+            "-p",
+            "dataset=csaw-lab3",
+        ],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -174,7 +215,9 @@ def test_a_failing_notebook_is_kept_apart_and_named(tmp_path, isolated_roots):
 
 
 def test_unknown_parameters_are_refused(tmp_path):
-    rc = run_notebook([str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"), str(tmp_path / "x.ipynb"), "-p", "datset=demo"])
+    rc = run_notebook(
+        [str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"), str(tmp_path / "x.ipynb"), "-p", "datset=demo"]
+    )
     assert rc == 2 and not (tmp_path / "x.ipynb").exists()
 
 
@@ -191,7 +234,9 @@ def test_sweep_is_deterministic(demo_run, isolated_roots):
     pipeline.analyse_activations(scenario, progress=False)
     pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
     pipeline.evaluate_goodnets(scenario, progress=False)
-    stale = [new_results / "demo" / "models" / name for name in ("fp_99.h5", "goodnet_fp_99.keras")]  # a threshold not reached now
+    stale = [
+        new_results / "demo" / "models" / name for name in ("fp_99.h5", "goodnet_fp_99.keras")
+    ]  # a threshold not reached now
     for path in stale:
         path.write_bytes(b"an earlier run's model")
     pipeline.fine_prune(scenario, FineTuneSettings(epochs=3), progress=False)
@@ -209,7 +254,15 @@ def test_an_interrupted_run_leaves_nothing_and_reruns_cleanly(demo_run, tmp_path
     monkeypatch.setenv("BACKDOOR_DATA_ROOT", str(data.parent))
     monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(results.parent))
     out = tmp_path / "nb" / "02_activations.ipynb"
-    cmd = [sys.executable, "-m", "lib.run_notebook", str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"), str(out), "-p", "dataset=demo"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lib.run_notebook",
+        str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"),
+        str(out),
+        "-p",
+        "dataset=demo",
+    ]
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not list(out.parent.glob(".*.tmp*")) and time.time() < deadline:  # wait until it is writing

@@ -1,4 +1,5 @@
 """Promises of the repository itself: pins agree, notebooks are committed clean and parameterized."""
+
 from __future__ import annotations
 
 import re
@@ -33,7 +34,19 @@ def test_requirements_environment_and_pyproject_pin_the_same_versions():
     assert _pins(pip_section) == requirements
     assert _pins(pyproject["project"]["dependencies"]) == requirements
     assert "python=3.11" in env["dependencies"]
-    for needed in ["tensorflow-cpu", "keras", "h5py", "numpy", "pandas", "matplotlib", "seaborn", "papermill", "jupyter", "gdown", "tqdm"]:
+    for needed in [
+        "tensorflow-cpu",
+        "keras",
+        "h5py",
+        "numpy",
+        "pandas",
+        "matplotlib",
+        "seaborn",
+        "papermill",
+        "jupyter",
+        "gdown",
+        "tqdm",
+    ]:
         assert needed in requirements
 
 
@@ -80,10 +93,13 @@ def test_readme_demo_table_quotes_the_committed_results():
     text = (PROJECT_ROOT / "README.md").read_text()
     block = text.split("<!-- goodnet:demo -->")[1].split("<!-- /goodnet:demo -->")[0]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.strip().splitlines()[2:]]
-    tables = {d: pd.read_csv(PROJECT_ROOT / "results" / d / "goodnet.csv").set_index("model") for d in ("demo", "demo-pruning-aware")}
+    tables = {
+        d: pd.read_csv(PROJECT_ROOT / "results" / d / "goodnet.csv").set_index("model")
+        for d in ("demo", "demo-pruning-aware")
+    }
     assert rows, "no table between the markers"
     for model, k1, acc1, asr1, k2, acc2, asr2 in rows:
-        for table, (k, acc, asr) in zip(tables.values(), ((k1, acc1, asr1), (k2, acc2, asr2))):
+        for table, (k, acc, asr) in zip(tables.values(), ((k1, acc1, asr1), (k2, acc2, asr2)), strict=False):
             row = table.loc[model]
             assert int(k) == row["channels_pruned"], model
             assert acc == f"{row['clean_accuracy']:.2f}" and asr == f"{row['attack_success_rate']:.2f}", model

@@ -1,4 +1,5 @@
 """Metrics, pruning, activations, the GoodNet table and atomic writes do what their docstrings promise."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -198,25 +199,35 @@ def test_goodnet_takes_b_where_b_and_bprime_agree_else_n():
 
 
 def _evaluated() -> tuple[Evaluated, list[Evaluated]]:
-    badnet = Evaluated("B", None, 0, clean=np.array([0, 1, 2, 3, 0]), triggered={"sunglasses": np.array([4, 4, 4, 4, 1])})
+    badnet = Evaluated(
+        "B", None, 0, clean=np.array([0, 1, 2, 3, 0]), triggered={"sunglasses": np.array([4, 4, 4, 4, 1])}
+    )
     # B' at 2%: wrong where B is right (image 3), right where B is wrong (image 4); on triggered images it
     # keeps the target for images 0 and 4, so G keeps it only for image 0.
-    two = Evaluated("B'_2%", 2.0, 3, clean=np.array([0, 1, 2, 0, 1]), triggered={"sunglasses": np.array([4, 0, 3, 1, 4])})
+    two = Evaluated(
+        "B'_2%", 2.0, 3, clean=np.array([0, 1, 2, 0, 1]), triggered={"sunglasses": np.array([4, 0, 3, 1, 4])}
+    )
     # B' at 4.5% agrees with B everywhere: G = B.
-    four = Evaluated("B'_4.5%", 4.5, 7, clean=badnet.clean.copy(), triggered={k: v.copy() for k, v in badnet.triggered.items()})
+    four = Evaluated(
+        "B'_4.5%", 4.5, 7, clean=badnet.clean.copy(), triggered={k: v.copy() for k, v in badnet.triggered.items()}
+    )
     return badnet, [two, four]
 
 
 def test_goodnet_table_rows_and_columns():
     badnet, pruned = _evaluated()
     table = goodnet_table(badnet, pruned, CLEAN_LABELS, TARGET_LABELS, N_CLASSES)
-    assert list(table.columns) == GOODNET_COLUMNS == [
-        "model",
-        "threshold",
-        "channels_pruned",
-        "clean_accuracy",
-        "attack_success_rate",
-    ]
+    assert (
+        list(table.columns)
+        == GOODNET_COLUMNS
+        == [
+            "model",
+            "threshold",
+            "channels_pruned",
+            "clean_accuracy",
+            "attack_success_rate",
+        ]
+    )
     assert table["model"].tolist() == ["B", "B'_2%", "G_2%", "B'_4.5%", "G_4.5%"]
     assert pd.isna(table["threshold"].iloc[0])
     assert table["threshold"].iloc[1:].tolist() == [2.0, 2.0, 4.5, 4.5]
@@ -250,7 +261,11 @@ def test_several_triggers_get_an_overall_and_a_per_trigger_asr():
     bprime = Evaluated("B'_2%", 2.0, 1, np.array([0, 1]), {"eyebrows": np.array([4, 0, 1]), "lipstick": np.array([5])})
     targets = {"eyebrows": np.array([4, 4, 4]), "lipstick": np.array([5])}
     rows = goodnet_table(badnet, [bprime], np.array([0, 1]), targets, N_CLASSES).set_index("model")
-    assert list(rows.columns[-3:]) == ["attack_success_rate", "attack_success_rate_eyebrows", "attack_success_rate_lipstick"]
+    assert list(rows.columns[-3:]) == [
+        "attack_success_rate",
+        "attack_success_rate_eyebrows",
+        "attack_success_rate_lipstick",
+    ]
     assert rows.loc["B", "attack_success_rate"] == pytest.approx(75.0)  # 3 of the 4 triggered images, pooled
     assert rows.loc["B", "attack_success_rate_eyebrows"] == pytest.approx(200 / 3)
     assert rows.loc["G_2%", "attack_success_rate_eyebrows"] == pytest.approx(100 / 3)  # image 1 flagged N
@@ -307,11 +322,10 @@ def test_write_text_replaces_the_file_and_leaves_no_temporary(tmp_path):
 def test_an_exception_inside_atomic_path_leaves_the_old_file(tmp_path):
     target = tmp_path / "goodnet.csv"
     atomic.write_text(target, "old contents\n")
-    with pytest.raises(RuntimeError, match="interrupted"):
-        with atomic.atomic_path(target) as tmp:
-            assert tmp.parent == target.parent and tmp.suffix == ".csv" and tmp != target
-            tmp.write_text("new, half wri")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError, match="interrupted"), atomic.atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".csv" and tmp != target
+        tmp.write_text("new, half wri")
+        raise RuntimeError("interrupted")
     assert target.read_text(encoding="utf-8") == "old contents\n"
     assert [p.name for p in tmp_path.iterdir()] == ["goodnet.csv"]
 
@@ -335,8 +349,7 @@ def test_write_text_failing_midway_leaves_the_old_file(tmp_path, monkeypatch):
 
 def test_an_exception_leaves_no_file_where_there_was_none(tmp_path):
     target = tmp_path / "new.bin"
-    with pytest.raises(OSError):
-        with atomic.atomic_path(target) as tmp:
-            tmp.write_bytes(b"partial")
-            raise OSError("No space left on device")
+    with pytest.raises(OSError), atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise OSError("No space left on device")
     assert list(tmp_path.iterdir()) == []

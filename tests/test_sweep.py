@@ -1,4 +1,5 @@
 """The sweep engine gives exactly the predictions of re-running the pruned Keras model, step for step."""
+
 from __future__ import annotations
 
 import keras
@@ -20,7 +21,7 @@ def _sweep_vs_naive(model, image_sets, batch_size, steps=None, mode="changed", c
     steps = range(len(order) + 1) if steps is None else steps
     naive = naive_predictions(model, "conv_3", image_sets, order, steps, batch_size=batch_size)
     for k in steps:
-        for s, (f, n) in enumerate(zip(fast, naive[k])):
+        for s, (f, n) in enumerate(zip(fast, naive[k], strict=False)):
             diff = np.flatnonzero(f[k] != n)
             assert diff.size == 0, f"step {k}, set {s}: images {diff[:10]} differ"
     return engine, fast
@@ -28,13 +29,17 @@ def _sweep_vs_naive(model, image_sets, batch_size, steps=None, mode="changed", c
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sweep_equals_naive_on_random_models(seed):
-    engine, _ = _sweep_vs_naive(tiny_deepid(seed=seed), [tiny_images(300, seed), tiny_images(130, seed + 10)], batch_size=64)
+    engine, _ = _sweep_vs_naive(
+        tiny_deepid(seed=seed), [tiny_images(300, seed), tiny_images(130, seed + 10)], batch_size=64
+    )
     assert engine.linear is not None and engine.closed_form_evaluated > 0, "the CSAW head goes through the closed form"
 
 
 def test_keras_path_for_the_csaw_head_equals_naive():
     """The path every other tail takes, forced on the CSAW head (``closed_form=False``)."""
-    engine, _ = _sweep_vs_naive(tiny_deepid(seed=11), [tiny_images(300, 11), tiny_images(130, 21)], batch_size=64, closed_form=False)
+    engine, _ = _sweep_vs_naive(
+        tiny_deepid(seed=11), [tiny_images(300, 11), tiny_images(130, 21)], batch_size=64, closed_form=False
+    )
     assert engine.linear is None and engine.closed_form_evaluated == 0
 
 
@@ -105,8 +110,12 @@ def test_unaffected_images_are_not_reevaluated():
     engine.predictions([pooled], order, progress=False)
     touched = [np.flatnonzero(pooled[..., c].reshape(100, -1).any(axis=1)) for c in order]
     touched_batches = sum(len(np.unique(t // 10)) for t in touched)
-    assert engine.closed_form_evaluated == 100 + sum(len(t) for t in touched), "the unpruned model, then the touched images"
-    assert engine.evaluated <= 10 * engine.near_ties, "the Keras tail only settles near ties, in batches of the reference size"
+    assert engine.closed_form_evaluated == 100 + sum(len(t) for t in touched), (
+        "the unpruned model, then the touched images"
+    )
+    assert engine.evaluated <= 10 * engine.near_ties, (
+        "the Keras tail only settles near ties, in batches of the reference size"
+    )
     keras_path = SweepEngine(model, "conv_3", "pool_3", batch_size=10, closed_form=False)
     keras_path.predictions([pooled], order, progress=False)
     assert keras_path.evaluated <= 100 + 10 * touched_batches + 10 * keras_path.near_ties
@@ -260,7 +269,9 @@ def test_closed_form_logits_are_far_closer_to_keras_than_its_margin(lab3_model):
         if k % 10 and k < 55:
             continue
         z = state.logits().astype(np.float64)
-        scores = np.concatenate([engine.tail.predict_on_batch(pooled[i : i + 256] * keep) for i in range(0, 600, 256)]).astype(np.float64)
+        scores = np.concatenate(
+            [engine.tail.predict_on_batch(pooled[i : i + 256] * keep) for i in range(0, 600, 256)]
+        ).astype(np.float64)
         rows, best = np.arange(600), np.argmax(z, axis=-1)
         with np.errstate(divide="ignore"):
             log_scores = np.log(scores)
