@@ -1,87 +1,109 @@
 # Rebuild every figure and table of the pruning defense from the parameterized notebooks.
 #
-#   make all                      the five notebooks on both offline demos (BadNets and pruning-aware attack),
-#                                 then one summary table across them (results/demo-summary.md)
+#   make all                      the five notebooks on both offline demos, then results/demo-summary.md
 #   make all DATASET=csaw-lab3    the same on one dataset, here the real CSAW-HackML-2020 lab 3 (downloads it)
 #   make csaw-all                 the four CSAW-HackML-2020 competition BadNets, then results/csaw-summary.md
-#   make test                     the whole test suite
+#   make verify                   rerun the default pipeline from scratch elsewhere and compare with the committed results
+#   make study STUDY=demo-seeds   a multi-seed study (studies/<name>.yaml) on a local Dask cluster
+#   make test / make test-fast    the whole test suite / the unit tests only
 #   make bench                    the sweep benchmark on the real CSAW weights
 #
-# Executed notebooks go to results/<dataset>/notebooks/, figures to results/<dataset>/figures/.
-# Each step reruns when its notebook, the library or an earlier step changed.
+# A step runs only when its results are out of date: its notebook, lib/, its parameters or its input files
+# changed, or one of its outputs is missing or was changed (lib.provenance keeps the record in run.json).
+# Parameters: THRESHOLDS="2, 4, 10", CHECK_REFERENCE=False, DATA_DIR=..., RESULTS_DIR=... (one DATASET only).
 
-# `make all` without DATASET runs both demos; with DATASET=<name>, that dataset only.
-ifeq ($(origin DATASET),undefined)
-ALL_DATASETS := demo demo-pruning-aware
-SUMMARY      := results/demo-summary
-else
-ALL_DATASETS := $(DATASET)
-SUMMARY      :=
-endif
-COMPETITION := csaw-sunglasses csaw-anonymous-1 csaw-anonymous-2 csaw-multi-trigger
-DATASET    ?= demo
-THRESHOLDS ?= 2, 4, 10
 PYTHON     ?= $(shell command -v python3.11 || command -v python3)
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
-RESULTS    := results/$(DATASET)
-NBOUT      := $(RESULTS)/notebooks
-LIB        := $(wildcard lib/*.py)
-RUN        := $(PY) -m lib.run_notebook
+THRESHOLDS ?= 2, 4, 10
 
-.PHONY: all pipeline csaw-all data activations sweep goodnet fine-pruning setup test bench strip-notebooks clean-results
-.DELETE_ON_ERROR:
+# `make all` without DATASET runs both demos; with DATASET=<name>, that dataset only.
+ifeq ($(origin DATASET),undefined)
+ALL_DATASETS = $(shell $(PYTHON) -m lib.catalog demos)
+SUMMARY      = $(PY) -m lib.summary --out results/demo-summary $(ALL_DATASETS)
+DATASET      := demo
+else
+ALL_DATASETS := $(DATASET)
+SUMMARY      := $(PY) -m lib.summary --where $(DATASET)
+UNKNOWN      := $(shell $(PYTHON) -m lib.catalog check $(DATASET) 2>&1)
+ifneq ($(UNKNOWN),)
+$(error $(UNKNOWN))
+endif
+endif
 
-all: $(VENV)/.installed
-	@for d in $(ALL_DATASETS); do $(MAKE) --no-print-directory pipeline DATASET=$$d || exit 1; done
-	$(if $(SUMMARY),$(PY) -m lib.summary --out $(SUMMARY) $(ALL_DATASETS))
+# The parameters every notebook gets, and the step notebooks.
+PARAMS = -p dataset=$(DATASET) $(if $(DATA_DIR),-p data_dir=$(DATA_DIR)) $(if $(RESULTS_DIR),-p results_dir=$(RESULTS_DIR))
+RUN    = $(PY) -m lib.run_notebook
+# One run at a time per dataset: the whole chain of steps holds the dataset's folders.
+LOCKED = $(PY) -m lib.locks --dataset $(1) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) --
 
-csaw-all: $(VENV)/.installed
-	@for d in $(COMPETITION); do $(MAKE) --no-print-directory pipeline DATASET=$$d || exit 1; done
-	$(PY) -m lib.summary --out results/csaw-summary $(COMPETITION)
+.PHONY: all pipeline csaw-all data activations sweep goodnet fine-pruning demo-rebuild verify study \
+        setup test test-fast lint bench strip-notebooks clean-results
+
+all: setup
+	@for d in $(ALL_DATASETS); do $(call LOCKED,$$d) $(MAKE) --no-print-directory pipeline DATASET=$$d || exit 1; done
+	@$(SUMMARY)
+
+csaw-all: setup
+	@for d in $$($(PYTHON) -m lib.catalog competition); do \
+		$(call LOCKED,$$d) $(MAKE) --no-print-directory pipeline DATASET=$$d || exit 1; done
+	@$(PY) -m lib.summary --out results/csaw-summary $$($(PYTHON) -m lib.catalog competition)
 
 pipeline: fine-pruning
 
-# --- environment: .venv from the pinned requirements, created on first use --------------------
+# --- the steps, each after the one before -------------------------------------------------------------
+data: setup
+	@$(RUN) notebooks/01_data.ipynb $(PARAMS) $(if $(CHECK_REFERENCE),-p check_reference=$(CHECK_REFERENCE))
+
+activations: data
+	@$(RUN) notebooks/02_activations.ipynb $(PARAMS)
+
+sweep: activations
+	@$(RUN) notebooks/03_pruning_sweep.ipynb $(PARAMS) -p "thresholds=[$(THRESHOLDS)]"
+
+goodnet: sweep
+	@$(RUN) notebooks/04_goodnet.ipynb $(PARAMS)
+
+fine-pruning: goodnet
+	@$(RUN) notebooks/05_fine_pruning.ipynb $(PARAMS)
+
+# Train a new demo BadNet on this machine and publish it (data/published/, checksums/): the committed
+# results then no longer apply until `make all` regenerates them and they are committed with it.
+demo-rebuild: setup
+	@$(PY) -m lib.demo.publish $(DATASET)
+
+# --- reproducibility and studies ------------------------------------------------------------------------
+verify: setup
+	@$(PY) -m lib.verify $(if $(IN_PLACE),--in-place)
+
+study: setup
+	@$(PY) -m lib.study run studies/$(STUDY).yaml $(if $(WORKERS),--workers $(WORKERS))
+
+# --- environment: .venv from the pinned requirements, created on first use -----------------------------
 setup: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	@echo "setting up $(VENV) from the pinned requirements (log: $(VENV)/install.log)"
+	@( $(PY) -m pip install --upgrade pip && $(PY) -m pip install -r requirements-dev.txt \
+	   && $(PY) -m pip install --no-deps -e . ) > $(VENV)/install.log 2>&1 || (tail -20 $(VENV)/install.log; exit 1)
 	@touch $@
 
-# --- the pipeline -------------------------------------------------------------------------------
-data: $(NBOUT)/01_data.ipynb
-activations: $(NBOUT)/02_activations.ipynb
-sweep: $(NBOUT)/03_pruning_sweep.ipynb
-goodnet: $(NBOUT)/04_goodnet.ipynb
-fine-pruning: $(NBOUT)/05_fine_pruning.ipynb
-
-$(NBOUT)/01_data.ipynb: notebooks/01_data.ipynb $(LIB) $(VENV)/.installed
-	$(RUN) $< $@ -p dataset=$(DATASET)
-
-$(NBOUT)/02_activations.ipynb: notebooks/02_activations.ipynb $(NBOUT)/01_data.ipynb
-	$(RUN) $< $@ -p dataset=$(DATASET)
-
-$(NBOUT)/03_pruning_sweep.ipynb: notebooks/03_pruning_sweep.ipynb $(NBOUT)/02_activations.ipynb
-	$(RUN) $< $@ -p dataset=$(DATASET) -p "thresholds=[$(THRESHOLDS)]"
-
-$(NBOUT)/04_goodnet.ipynb: notebooks/04_goodnet.ipynb $(NBOUT)/03_pruning_sweep.ipynb
-	$(RUN) $< $@ -p dataset=$(DATASET)
-
-$(NBOUT)/05_fine_pruning.ipynb: notebooks/05_fine_pruning.ipynb $(NBOUT)/04_goodnet.ipynb
-	$(RUN) $< $@ -p dataset=$(DATASET)
-
-# --- checks -------------------------------------------------------------------------------------
-test: $(VENV)/.installed
+# --- checks -------------------------------------------------------------------------------------------
+test: setup
 	$(PY) -m pytest tests
 
-bench: $(VENV)/.installed
+test-fast: setup
+	$(PY) -m pytest -m "not slow" tests
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: setup
 	$(PY) benchmarks/sweep.py
 
-strip-notebooks: $(VENV)/.installed
+strip-notebooks: setup
 	$(PY) -m nbstripout --drop-empty-cells --keep-id notebooks/*.ipynb
 
+# The executed notebooks and models of one dataset (DATASET is checked against the catalog above).
 clean-results:
-	rm -rf $(NBOUT) $(RESULTS)/models
+	rm -rf results/$(DATASET)/notebooks results/$(DATASET)/models results/$(DATASET)/run.json

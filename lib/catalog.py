@@ -21,7 +21,7 @@ clean accuracy only and says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from enum import StrEnum
 from typing import Any
 
 from lib.errors import InputError
@@ -29,6 +29,38 @@ from lib.errors import InputError
 GITHUB_RAW = "https://github.com/csaw-hackml/CSAW-HackML-2020/raw/master"
 LAB3_DRIVE_FOLDER = "1Rs68uH8Xqa4j6UxG53wzD0uyI8347dSq"
 COMPETITION_DRIVE_FOLDER = "13o2ybRJ1BkGUvfmQEeZqDo1kskyFywab"
+
+
+class InputScale(StrEnum):
+    """How a network sees pixels. Every image set stores 0-255; the networks were trained on one of two scales.
+
+    The lab-3 BadNet takes raw 0-255 values (the lab's ``lab3/eval.py`` feeds the HDF5 values unchanged);
+    the four competition BadNets take x / 255 (the competition's ``eval.py`` divides before ``predict``).
+    Fed the wrong scale, a network still answers, wrongly: nothing else would warn.
+    """
+
+    RAW = "raw 0-255"
+    DIVIDED_BY_255 = "x/255"
+
+    @property
+    def divisor(self) -> float:
+        return 1.0 if self is InputScale.RAW else 255.0
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the publishers of a dataset (or independent solutions, ``by_publisher=False``) report for B itself.
+
+    The data notebook compares B on the clean validation set (and its ASR on the triggered validation set)
+    with these figures, so that a wrong input scale, channel order or model cannot pass silently.
+    """
+
+    clean_accuracy: float  # percent, clean validation set
+    attack_success_rate: float | None  # percent, triggered validation set; None where none is published
+    source: str
+    by_publisher: bool = True
+    n_valid: int | None = None  # documented image counts; a different count is a warning only
+    n_test: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +108,8 @@ class DatasetSpec:
     paired: bool = False
     demo_recipe: dict[str, Any] | None = field(default=None, hash=False)
     source: CsawSource | None = None
+    input_scale: InputScale = InputScale.RAW
+    reference: Reference | None = None
 
     @property
     def is_demo(self) -> bool:
@@ -95,7 +129,16 @@ class DatasetSpec:
 _LAB_SUNGLASSES = TriggerFiles("sunglasses", "bd/bd_valid.h5", "bd/bd_test.h5")
 
 
-def _competition(name: str, title: str, weights: str, sha256: str, triggers: tuple[TriggerFiles, ...]) -> DatasetSpec:
+_COMPETITION_README = "csaw-hackml/CSAW-HackML-2020 README.md (eval.py: x/255)"
+#: Independent solutions that divide by 255 report these clean validation accuracies (not the publisher's).
+_INDEPENDENT = "independent public solutions (x/255), not the publisher"
+#: The competition README: "1283 individuals each containing 9 images in the validation dataset".
+_COMPETITION_VALID_IMAGES = 1283 * 9
+
+
+def _competition(
+    name: str, title: str, weights: str, sha256: str, triggers: tuple[TriggerFiles, ...], reference: Reference
+) -> DatasetSpec:
     return DatasetSpec(
         name=name,
         title=title,
@@ -103,6 +146,8 @@ def _competition(name: str, title: str, weights: str, sha256: str, triggers: tup
         clean_valid="clean_validation_data.h5",
         clean_test="clean_test_data.h5",
         source=CsawSource(f"models/{weights}", sha256, weights, COMPETITION_DRIVE_FOLDER, shared_drive_folder=True),
+        input_scale=InputScale.DIVIDED_BY_255,
+        reference=reference,
     )
 
 
@@ -112,6 +157,8 @@ def _poisoned(name: str, folder: str = "", optional: bool = False) -> TriggerFil
 
 
 _MULTI = "Multi-trigger Multi-target/"
+
+_LAB3_README = "csaw-hackml/CSAW-HackML-2020 lab3/README.md (lab3/eval.py: raw 0-255)"
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -136,6 +183,7 @@ DATASETS: dict[str, DatasetSpec] = {
                 "lab3_bd_weights.h5",
                 LAB3_DRIVE_FOLDER,
             ),
+            reference=Reference(98.64, 100.0, _LAB3_README, n_valid=1283 * 9, n_test=1283 * 10),
         ),
         _competition(
             "csaw-sunglasses",
@@ -143,6 +191,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "sunglasses_bd_weights.h5",
             "22322bcef622afc817ebf2a3fd836b353423ab48e9863c83e4c02d6838fc4f0d",
             (_poisoned("sunglasses"),),
+            Reference(97.87, None, _COMPETITION_README, n_valid=_COMPETITION_VALID_IMAGES),
         ),
         _competition(
             "csaw-anonymous-1",
@@ -150,6 +199,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "anonymous_1_bd_weights.h5",
             "7921670af9bc6cc5cd3d4ec35668c9fdfe859886629e2bc319cd5d8d9912fe5c",
             (_poisoned("anonymous_1", optional=True),),
+            Reference(97.2, None, _INDEPENDENT, by_publisher=False, n_valid=_COMPETITION_VALID_IMAGES),
         ),
         _competition(
             "csaw-anonymous-2",
@@ -157,6 +207,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "anonymous_2_bd_weights.h5",
             "f4bde8b26be089bed608ea14eb8e5bd37493c600035fb0d7e9d7a9a3b9086881",
             (),
+            Reference(95.8, None, _INDEPENDENT, by_publisher=False, n_valid=_COMPETITION_VALID_IMAGES),
         ),
         _competition(
             "csaw-multi-trigger",
@@ -164,12 +215,17 @@ DATASETS: dict[str, DatasetSpec] = {
             "multi_trigger_multi_target_bd_weights.h5",
             "0296dc09bb73bcbc439e02fb3af12f3db174b1fcc58287719c104286e77b728a",
             tuple(_poisoned(t, _MULTI) for t in ("eyebrows", "lipstick", "sunglasses")),
+            Reference(96.3, None, _INDEPENDENT, by_publisher=False, n_valid=_COMPETITION_VALID_IMAGES),
         ),
     )
 }
 
+#: The offline demos, as ``make all`` runs them.
+DEMO_DATASETS = tuple(name for name, spec in DATASETS.items() if spec.is_demo)
 #: The competition's four BadNets, as ``make csaw-all`` runs them.
-COMPETITION_DATASETS = ("csaw-sunglasses", "csaw-anonymous-1", "csaw-anonymous-2", "csaw-multi-trigger")
+COMPETITION_DATASETS = tuple(
+    name for name, spec in DATASETS.items() if spec.source and spec.source.drive_folder_id == COMPETITION_DRIVE_FOLDER
+)
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -179,5 +235,26 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def dataset_folder(spec: DatasetSpec, data_root: Path) -> Path:
-    return Path(data_root) / spec.name
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lib.catalog {demos,competition}`` lists datasets; ``check NAME...`` validates names (for make)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m lib.catalog", description=main.__doc__)
+    parser.add_argument("what", choices=["demos", "competition", "all", "check"])
+    parser.add_argument("names", nargs="*")
+    args = parser.parse_args(argv)
+    if args.what == "check":
+        try:
+            for name in args.names:
+                dataset_spec(name)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    print(" ".join({"demos": DEMO_DATASETS, "competition": COMPETITION_DATASETS, "all": tuple(DATASETS)}[args.what]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

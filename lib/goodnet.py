@@ -1,4 +1,4 @@
-"""The repaired network G ("GoodNet"): trust the BadNet B only where its pruned copy B' agrees.
+"""The repaired network G ("GoodNet") and the test-data evaluation of every model the defense compares.
 
 Pruning mostly changes what B does on triggered inputs (the backdoor lives in channels that clean
 data leaves dormant), so a disagreement between B and B' flags a likely poisoned input. G answers
@@ -10,13 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 import pandas as pd
 
+from lib.datasets import ImageSet
 from lib.metrics import accuracy, attack_success_columns
-from lib.paths import format_threshold
+from lib.models import predict_classes
+from lib.rows import ModelRow
 
-GOODNET_COLUMNS = ["model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"]
+#: The columns of goodnet.csv and fine_pruning.csv (a dataset with several triggers adds per-trigger ASR).
+MODEL_COLUMNS = ["model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"]
 
 
 def goodnet_classes(b_classes: np.ndarray, bprime_classes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -26,6 +30,18 @@ def goodnet_classes(b_classes: np.ndarray, bprime_classes: np.ndarray, n_classes
     if b_classes.shape != bprime_classes.shape:
         raise ValueError(f"B gave {b_classes.shape[0]} predictions and B' {bprime_classes.shape[0]}")
     return np.where(b_classes == bprime_classes, b_classes, n_classes)
+
+
+@dataclass
+class TestData:
+    """The clean test set and each available trigger's test set (labelled with the attacker's target)."""
+
+    clean: ImageSet
+    triggered: dict[str, ImageSet]
+
+    @property
+    def target_labels(self) -> dict[str, np.ndarray]:
+        return {t: s.labels for t, s in self.triggered.items()}
 
 
 @dataclass
@@ -39,6 +55,17 @@ class Evaluated:
     triggered: dict[str, np.ndarray]
 
 
+def evaluate(model: keras.Model, row: ModelRow, pruned: int, test: TestData, batch_size: int) -> Evaluated:
+    """One model's classes on the clean test set and on every trigger's test set."""
+    return Evaluated(
+        row.name,
+        row.threshold,
+        pruned,
+        predict_classes(model, test.clean.images, batch_size),
+        {t: predict_classes(model, s.images, batch_size) for t, s in test.triggered.items()},
+    )
+
+
 def combine(badnet: Evaluated, repaired: Evaluated, n_classes: int, name: str) -> Evaluated:
     """G built from B and a repaired copy (pruned, fine-tuned or both): its answers on every set."""
     return Evaluated(
@@ -50,8 +77,13 @@ def combine(badnet: Evaluated, repaired: Evaluated, n_classes: int, name: str) -
     )
 
 
+def goodnet_of(badnet: Evaluated, repaired: Evaluated, row: ModelRow, n_classes: int) -> Evaluated:
+    """The GoodNet of B and the repaired model evaluated as ``row``, named as its row says."""
+    return combine(badnet, repaired, n_classes, row.goodnet_of().name)
+
+
 def evaluation_row(model: Evaluated, clean_labels: np.ndarray, target_labels: dict[str, np.ndarray]) -> dict:
-    """One row of ``goodnet.csv``: test accuracy and ASR (overall, and per trigger if several) in percent.
+    """One table row: test accuracy and ASR (overall, and per trigger if several) in percent.
 
     Attack success counts triggered images classified as the target; G's N answer is a detection.
     """
@@ -65,31 +97,14 @@ def evaluation_row(model: Evaluated, clean_labels: np.ndarray, target_labels: di
     }
 
 
-def goodnet_table(
-    badnet: Evaluated,
-    pruned: Sequence[Evaluated],
-    clean_labels: np.ndarray,
-    target_labels: dict[str, np.ndarray],
-    n_classes: int,
-) -> pd.DataFrame:
-    """``goodnet.csv``: B, then for each threshold B' and G, with test accuracy and ASR in percent.
+def evaluation_table(models: Sequence[Evaluated], test: TestData) -> pd.DataFrame:
+    """``goodnet.csv`` / ``fine_pruning.csv``: one row per model, test accuracy and ASR in percent.
 
-    ``target_labels`` maps each trigger to the labels of its test set (empty when no poisoned
-    data is published: the ASR column is then NaN).
+    With no poisoned test data (none published) the ASR column is NaN.
     """
-    models = [badnet]
-    for bp in pruned:
-        models += [bp, combine(badnet, bp, n_classes, f"G_{format_threshold(bp.threshold)}%")]
-    return pd.DataFrame([evaluation_row(m, clean_labels, target_labels) for m in models])
+    return pd.DataFrame([evaluation_row(m, test.clean.labels, test.target_labels) for m in models])
 
 
 def detection_rate(goodnet_poisoned: np.ndarray, n_classes: int) -> float:
     """Percentage of triggered images that G flags as poisoned (answers N)."""
     return float(100.0 * np.mean(np.asarray(goodnet_poisoned) == n_classes))
-
-
-def markdown_table(table: pd.DataFrame, digits: int = 2) -> str:
-    """The table as GitHub Markdown, percentages rounded for reading (the CSV keeps full precision)."""
-    shown = table.copy()
-    shown["threshold"] = shown["threshold"].map(lambda t: "" if pd.isna(t) else f"{format_threshold(t)} %")
-    return shown.to_markdown(index=False, floatfmt=f".{digits}f") + "\n"

@@ -1,14 +1,10 @@
-"""Where things live. One place, so notebooks, Makefile and tests agree on the layout.
+"""Where things live: one place, so notebooks, Makefile, studies and tests agree on the layout.
 
-``data/<dataset>/`` holds a dataset's inputs (never written by the analysis steps); which files,
-``lib.catalog`` says. The demos and lab 3 use the lab's layout (``DatasetFiles``)::
-
-    cl/valid.h5  cl/test.h5  bd/bd_valid.h5  bd/bd_test.h5  bd_net.h5
-
-``results/<dataset>/`` holds what the pipeline computes: ``sweep.csv``, ``goodnet.csv``,
-``goodnet.md``, ``activations.csv``, ``fine_pruning.csv``, ``figures/*.png``, the models
-(``models/bprime_<t>.h5``, ``models/fp_<t>.h5``, ``models/ft.h5``, the GoodNets
-``models/goodnet_*.keras``) and the executed notebooks in ``notebooks/``.
+``data/<dataset>/`` holds a dataset's inputs, in the layout its catalog entry names (``lib.catalog``);
+the analysis steps never write there. ``results/<dataset>/`` holds what the pipeline computes, every
+file named by ``ResultFiles``. A notebook's ``data_dir``/``results_dir`` parameters (and the
+``BACKDOOR_DATA_ROOT``/``BACKDOOR_RESULTS_ROOT`` environment variables, which move the whole trees)
+point a run elsewhere, so that trying other parameters never disturbs the default results.
 """
 
 from __future__ import annotations
@@ -17,16 +13,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib.catalog import DATASETS
+from lib.rows import format_threshold
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-#: Datasets the pipeline knows how to obtain (``lib.catalog``): the demos are built offline, the rest downloaded.
-KNOWN_DATASETS = tuple(DATASETS)
+#: The genuine CSAW-HackML-2020 weight files, when the project's shared folder lies beside it.
+SHARED_CSAW_MODELS = PROJECT_ROOT.parent / "shared" / "csaw-models"
+#: Small artifacts published with the project (the demos' BadNets), tracked in git under data/.
+PUBLISHED = PROJECT_ROOT / "data" / "published"
+#: SHA-256 lock files, one per dataset (``sha256sum`` format).
+CHECKSUMS = PROJECT_ROOT / "checksums"
 
 
 def data_root() -> Path:
-    """``data/`` of the project, or ``$BACKDOOR_DATA_ROOT`` (tests point it at a temporary folder)."""
+    """``data/`` of the project, or ``$BACKDOOR_DATA_ROOT`` (tests and ``make verify`` point it elsewhere)."""
     return Path(os.environ.get("BACKDOOR_DATA_ROOT", PROJECT_ROOT / "data"))
 
 
@@ -35,9 +34,122 @@ def results_root() -> Path:
     return Path(os.environ.get("BACKDOOR_RESULTS_ROOT", PROJECT_ROOT / "results"))
 
 
+def data_folder(dataset: str, data_dir: str | Path | None = None) -> Path:
+    """The folder of a dataset's inputs: ``data_dir`` if given, else ``data/<dataset>``."""
+    return Path(data_dir) if data_dir else data_root() / dataset
+
+
+def checksum_file(dataset: str) -> Path:
+    """``checksums/<dataset>.sha256``: the digests every run of the dataset checks its files against."""
+    return CHECKSUMS / f"{dataset}.sha256"
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """Every file the pipeline writes for one run of one dataset, under ``root``."""
+
+    root: Path
+
+    # -- written by the steps, in step order ------------------------------------------------
+    @property
+    def run_record(self) -> Path:
+        """What each step read and wrote, with digests (``lib.provenance``); local state, not committed."""
+        return self.root / "run.json"
+
+    @property
+    def reference_check_csv(self) -> Path:
+        """B on clean validation data against the publisher's figures (CSAW datasets, notebook 01)."""
+        return self.root / "reference_check.csv"
+
+    @property
+    def activations_csv(self) -> Path:
+        return self.root / "activations.csv"
+
+    @property
+    def sweep_csv(self) -> Path:
+        return self.root / "sweep.csv"
+
+    @property
+    def thresholds_csv(self) -> Path:
+        """The step at which each accuracy-drop threshold fired, and the channels pruned by then."""
+        return self.root / "thresholds.csv"
+
+    @property
+    def goodnet_csv(self) -> Path:
+        """B, each B' and each G on test data (notebook 04)."""
+        return self.root / "goodnet.csv"
+
+    @property
+    def goodnet_md(self) -> Path:
+        return self.root / "goodnet.md"
+
+    @property
+    def fine_pruning_csv(self) -> Path:
+        """FT, GFT, each FP and GFP on test data (notebook 05)."""
+        return self.root / "fine_pruning.csv"
+
+    @property
+    def fine_pruning_md(self) -> Path:
+        """Every model of both steps in one table, for reading."""
+        return self.root / "fine_pruning.md"
+
+    @property
+    def fine_tuning_history_csv(self) -> Path:
+        """One row per fine-tuned model and epoch: losses, hold-out accuracy, the epoch kept."""
+        return self.root / "fine_tuning_history.csv"
+
+    @property
+    def trained_on(self) -> Path:
+        """The machine and library versions that trained the fine-tuned models (their numbers depend on it)."""
+        return self.root / "trained_on.json"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    def figure(self, name: str) -> Path:
+        """``figures/<name>.png``: samples, activations, sweep, goodnet, fine_pruning."""
+        return self.figures / f"{name}.png"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def notebooks(self) -> Path:
+        """Executed copies of the notebooks (not committed)."""
+        return self.root / "notebooks"
+
+    def bprime(self, threshold: float) -> Path:
+        """B' saved when clean validation accuracy had dropped by ``threshold`` points."""
+        return self.models / f"bprime_{format_threshold(threshold)}.h5"
+
+    def fine_tuned(self, threshold: float | None) -> Path:
+        """B fine-tuned (``threshold`` None: ``ft.h5``) or B' fine-pruned (``fp_<t>.h5``) on clean data."""
+        return self.models / ("ft.h5" if threshold is None else f"fp_{format_threshold(threshold)}.h5")
+
+    def goodnet_model(self, repaired: Path) -> Path:
+        """G of B and the ``repaired`` model file, as one loadable file: ``bprime_2.h5 -> goodnet_bprime_2.keras``."""
+        return self.models / f"goodnet_{Path(repaired).stem}.keras"
+
+
+def result_files(dataset: str, results_dir: str | Path | None = None) -> ResultFiles:
+    """The results of ``dataset``: in ``results_dir`` if given, else ``results/<dataset>``."""
+    return ResultFiles(Path(results_dir) if results_dir else results_root() / dataset)
+
+
+def shown(path: str | Path) -> str:
+    """A path as people and records should read it: relative to the project when inside it."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 @dataclass(frozen=True)
 class DatasetFiles:
-    """The five input files of one scenario, in the lab's layout."""
+    """The five input files of one scenario, in the lab's layout (kept until lib.demo reads the catalog)."""
 
     root: Path
 
@@ -62,7 +174,6 @@ class DatasetFiles:
         return self.root / "bd_net.h5"
 
     def all(self) -> dict[str, Path]:
-        """Every file by role, in the order the data notebook reports them."""
         return {
             "clean_valid": self.clean_valid,
             "clean_test": self.clean_test,
@@ -73,59 +184,3 @@ class DatasetFiles:
 
     def missing(self) -> list[Path]:
         return [p for p in self.all().values() if not p.is_file()]
-
-
-@dataclass(frozen=True)
-class ResultFiles:
-    """Everything the pipeline writes for one scenario."""
-
-    root: Path
-
-    @property
-    def activations_csv(self) -> Path:
-        return self.root / "activations.csv"
-
-    @property
-    def sweep_csv(self) -> Path:
-        return self.root / "sweep.csv"
-
-    @property
-    def goodnet_csv(self) -> Path:
-        return self.root / "goodnet.csv"
-
-    @property
-    def goodnet_md(self) -> Path:
-        return self.root / "goodnet.md"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def fine_pruning_csv(self) -> Path:
-        return self.root / "fine_pruning.csv"
-
-    def bprime(self, threshold: float) -> Path:
-        """B' saved when clean validation accuracy had dropped by ``threshold`` points."""
-        return self.models / f"bprime_{format_threshold(threshold)}.h5"
-
-    def fine_tuned(self, threshold: float | None) -> Path:
-        """B fine-tuned (``threshold`` None: ``ft.h5``) or B' fine-pruned (``fp_<t>.h5``) on clean data."""
-        return self.models / ("ft.h5" if threshold is None else f"fp_{format_threshold(threshold)}.h5")
-
-    def goodnet_model(self, repaired: Path) -> Path:
-        """G of B and the ``repaired`` model file, as one loadable file: ``bprime_2.h5 -> goodnet_bprime_2.keras``."""
-        return self.models / f"goodnet_{Path(repaired).stem}.keras"
-
-
-def format_threshold(threshold: float) -> str:
-    """``2.0 -> '2'``, ``2.5 -> '2.5'``: thresholds are written as the user wrote them."""
-    return f"{float(threshold):g}"
-
-
-def result_files(dataset: str) -> ResultFiles:
-    return ResultFiles(results_root() / dataset)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from lib import rows
 from lib.atomic import atomic_path
 
 CLEAN_COLOR = "#1f77b4"
@@ -129,12 +130,12 @@ def _percent_label(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{value:.1f}"
 
 
-#: The repairs compared in ``plot_repair_comparison``: (label, row name at threshold t, row name without pruning).
+#: The repairs compared in ``plot_repair_comparison``: label, the row at threshold t, the row without pruning.
 REPAIRS = (
-    ("pruned B'", "B'_{t}%", "B"),
-    ("GoodNet of B'", "G_{t}%", "B"),
-    ("fine-pruned FP", "FP_{t}%", "FT"),
-    ("GoodNet of FP", "GFP_{t}%", "GFT"),
+    ("pruned B'", rows.pruned, rows.badnet()),
+    ("GoodNet of B'", lambda t: rows.pruned(t).goodnet_of(), rows.badnet()),
+    ("fine-pruned FP", rows.fine_pruned, rows.fine_tuned()),
+    ("GoodNet of FP", lambda t: rows.fine_pruned(t).goodnet_of(), rows.fine_tuned().goodnet_of()),
 )
 
 
@@ -144,9 +145,9 @@ def plot_repair_comparison(table: pd.DataFrame, title: str = "") -> plt.Figure:
     At "none" no channel is pruned: B itself for the pruning rows, B fine-tuned (FT) for the
     fine-pruning rows, so fine-tuning alone is the left end of the fine-pruning lines.
     """
-    rows = table.set_index("model")
+    by_name = table.set_index("model")
     thresholds = sorted(table["threshold"].dropna().unique())
-    ticks = ["none", *(f"{t:g} %" for t in thresholds)]
+    ticks = ["none", *(f"{rows.format_threshold(t)} %" for t in thresholds)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     styles = [
         ("#1f77b4", "-"),
@@ -155,10 +156,10 @@ def plot_repair_comparison(table: pd.DataFrame, title: str = "") -> plt.Figure:
         ("#2ca02c", "--"),
     ]  # pruning blue, fine-pruning green; G dashed
     for (label, at_t, at_zero), (color, ls) in zip(REPAIRS, styles, strict=False):
-        names = [at_zero, *(at_t.format(t=f"{t:g}") for t in thresholds)]
-        present = [n in rows.index for n in names]
+        names = [at_zero.name, *(at_t(t).name for t in thresholds)]
+        present = [n in by_name.index for n in names]
         for ax, metric in zip(axes, ["clean_accuracy", "attack_success_rate"], strict=False):
-            values = [rows.loc[n, metric] if ok else np.nan for n, ok in zip(names, present, strict=False)]
+            values = [by_name.loc[n, metric] if ok else np.nan for n, ok in zip(names, present, strict=False)]
             goodnet = "GoodNet" in label  # drawn over its network's line: open markers keep both visible
             ax.plot(
                 ticks,

@@ -1,4 +1,4 @@
-"""One table across datasets: every dataset's ``goodnet.csv`` stacked, with the dataset named.
+"""One table across datasets: every dataset's ``goodnet.csv`` and ``fine_pruning.csv`` stacked, the dataset named.
 
 ``make csaw-all`` collects the four competition BadNets with it and ``make all`` the two demos:
 ``python -m lib.summary --out results/csaw-summary csaw-sunglasses csaw-anonymous-1 ...`` writes
@@ -14,22 +14,32 @@ from pathlib import Path
 
 import pandas as pd
 
+from lib import provenance
 from lib.atomic import write_text
-from lib.catalog import dataset_spec
 from lib.errors import InputError
-from lib.goodnet import markdown_table
-from lib.paths import result_files
+from lib.paths import shown
+from lib.steps.common import FINE_PRUNING, GOODNET, SWEEP, rerun
+from lib.tables import markdown_table, write_csv
+from lib.workspace import Workspace, workspace
+
+
+def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING)) -> pd.DataFrame:
+    """The rows of ``goodnet.csv`` and ``fine_pruning.csv`` of one run, each checked to be its step's current output."""
+    files = {GOODNET: ws.results.goodnet_csv, FINE_PRUNING: ws.results.fine_pruning_csv}
+    tables = []
+    for step in steps:
+        if not files[step].is_file():
+            raise InputError(
+                files[step], "file not found", f"run the pipeline for it first: `make all {ws.make_target}`"
+            )
+        provenance.require_current(ws.results, step, rerun(ws, step))
+        tables.append(pd.read_csv(files[step]))
+    return pd.concat(tables, ignore_index=True)
 
 
 def summary_table(datasets: Sequence[str]) -> pd.DataFrame:
-    """Every row of each dataset's ``goodnet.csv``, a ``dataset`` column first; per-trigger columns where they exist."""
-    tables = []
-    for name in datasets:
-        path = result_files(dataset_spec(name).name).goodnet_csv
-        if not path.is_file():
-            raise InputError(path, "file not found", f"run the pipeline for it first: `make all DATASET={name}`")
-        tables.append(pd.read_csv(path).assign(dataset=name))
-    table = pd.concat(tables, ignore_index=True)
+    """Every model row of each dataset, a ``dataset`` column first; per-trigger columns where they exist."""
+    table = pd.concat([model_rows(workspace(name)).assign(dataset=name) for name in datasets], ignore_index=True)
     return table[["dataset", *(c for c in table.columns if c != "dataset")]]
 
 
@@ -37,22 +47,34 @@ def write_summary(datasets: Sequence[str], out: str | Path) -> pd.DataFrame:
     """Write ``<out>.csv`` and ``<out>.md`` atomically; return the table."""
     table = summary_table(datasets)
     out = Path(out)
-    write_text(out.with_suffix(".csv"), table.to_csv(index=False, lineterminator="\n"))
+    write_csv(table, out.with_suffix(".csv"))
     write_text(out.with_suffix(".md"), markdown_table(table))
     return table
 
 
+def where(ws: Workspace) -> str:
+    """Where a run's results are and what its last steps found: the closing lines of ``make all``."""
+    found = provenance.summaries(ws.results)
+    lines = [f"{shown(ws.results.root)}/: goodnet.md, fine_pruning.md, sweep.csv, figures/*.png"]
+    lines += [f"  {step}: {found[step]}" for step in (SWEEP, GOODNET, FINE_PRUNING) if found.get(step)]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.summary", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="path without suffix: <out>.csv and <out>.md are written")
+    parser.add_argument("--out", help="path without suffix: <out>.csv and <out>.md are written")
+    parser.add_argument("--where", action="store_true", help="only say where each dataset's results are")
     parser.add_argument("datasets", nargs="+", help="dataset names (lib.catalog)")
     args = parser.parse_args(argv)
     try:
-        table = write_summary(args.datasets, args.out)
+        for name in args.datasets:
+            print(where(workspace(name)))
+        if args.out and not args.where:
+            table = write_summary(args.datasets, args.out)
+            print(f"summary of {len(args.datasets)} datasets ({len(table)} rows): {args.out}.md, {args.out}.csv")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(table)} rows from {len(args.datasets)} datasets -> {args.out}.csv, {args.out}.md")
     return 0
 
 

@@ -1,0 +1,124 @@
+"""One run at a time per dataset: a lock on its data folder and on its results folder.
+
+Two ``make all`` runs on the same dataset would otherwise interleave their writes (the last writer
+wins, possibly with other parameters), and one run's clean-up could delete the other's temporary files.
+The lock is a ``filelock`` lock file inside each folder (released by the operating system if the holder
+dies, so it never goes stale); who holds it is written beside it, so that a second run stops with a
+message that names the holder.
+
+A process that holds the locks passes their folders to its children in ``$BACKDOOR_HELD_LOCKS``
+(``make`` under ``python -m lib.locks``, the notebook kernel under ``lib.run_notebook``): they run under
+their parent's lock instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from lib.errors import InputError
+from lib.paths import data_folder, result_files, shown
+
+HELD_ENV = "BACKDOOR_HELD_LOCKS"
+LOCK_NAME = ".lock"
+HOLDER_NAME = ".lock-holder.json"
+
+
+def _key(folder: Path) -> str:
+    return str(Path(folder).resolve())
+
+
+def held_by_parent(folder: Path, env: dict[str, str] | None = None) -> bool:
+    """Whether an ancestor process holds ``folder``'s lock for us."""
+    held = (env if env is not None else os.environ).get(HELD_ENV, "")
+    return _key(folder) in held.split(os.pathsep)
+
+
+def env_holding(folders: Sequence[Path], env: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``env`` (default: this process's) that tells children these folders are held for them."""
+    env = dict(os.environ if env is None else env)
+    held = [k for k in env.get(HELD_ENV, "").split(os.pathsep) if k]
+    env[HELD_ENV] = os.pathsep.join(dict.fromkeys([*held, *(_key(f) for f in folders)]))
+    return env
+
+
+def _holder(folder: Path) -> str:
+    try:
+        info = json.loads((folder / HOLDER_NAME).read_text(encoding="utf-8"))
+        return f"process {info['pid']} on {info['host']} ({info['command']}, since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def hold(folders: Sequence[str | Path], what: str = "") -> Iterator[None]:
+    """Hold the locks of ``folders`` (created if needed) for the duration; stop at once if another run has one.
+
+    Folders an ancestor holds for us are skipped. Locks are taken in a fixed order, so two runs that
+    share a folder (two results folders reading one data folder) cannot deadlock.
+    """
+    wanted = sorted({_key(Path(f)): Path(f) for f in folders if not held_by_parent(Path(f))}.items())
+    with contextlib.ExitStack() as stack:
+        for _, folder in wanted:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(folder / LOCK_NAME, timeout=0)
+            try:
+                stack.enter_context(lock)
+            except Timeout:
+                raise InputError(
+                    shown(folder),
+                    f"in use by {_holder(folder)}: one run at a time per dataset",
+                    "wait for that run to finish (or stop it), or point this run at folders of its own "
+                    "(notebook parameters data_dir=... results_dir=...)",
+                ) from None
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": what or " ".join(sys.argv)[:200],
+                "since": datetime.datetime.now().isoformat(timespec="seconds"),
+            }
+            (folder / HOLDER_NAME).write_text(json.dumps(holder) + "\n", encoding="utf-8")
+            stack.callback((folder / HOLDER_NAME).unlink, missing_ok=True)
+        yield
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lib.locks (FOLDER... | --dataset NAME [--data-dir D] [--results-dir R]) -- COMMAND...``.
+
+    Runs COMMAND holding the folders' locks: ``make`` runs a dataset's chain of steps this way.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        print("usage: python -m lib.locks (FOLDER... | --dataset NAME) -- COMMAND...", file=sys.stderr)
+        return 2
+    cut = argv.index("--")
+    parser = argparse.ArgumentParser(prog="python -m lib.locks")
+    parser.add_argument("folders", nargs="*", type=Path)
+    parser.add_argument("--dataset", help="hold this dataset's data and results folders")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--results-dir", default=None)
+    args = parser.parse_args(argv[:cut])
+    folders = list(args.folders)
+    if args.dataset:
+        folders += [data_folder(args.dataset, args.data_dir), result_files(args.dataset, args.results_dir).root]
+    command = argv[cut + 1 :]
+    try:
+        with hold(folders, what=" ".join(command)[:200]):
+            return subprocess.call(command, env=env_holding(folders))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

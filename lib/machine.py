@@ -1,0 +1,61 @@
+"""The processor and library versions a result was computed with.
+
+TensorFlow's training on a CPU is deterministic on one processor but not across processors (other SIMD
+widths and oneDNN kernels round differently), so every trained result names the machine it came from,
+and every benchmark the processor it ran on. Nothing here changes between two runs on one machine
+(no host name, no date), so a rerun writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+
+#: CPU features that change which float kernels TensorFlow/oneDNN and numpy run.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py")
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), or what ``platform`` knows elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def simd_flags() -> list[str]:
+    """Which of ``SIMD_FLAGS`` the processor has (empty where ``/proc/cpuinfo`` is not available)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in SIMD_FLAGS if f in present]
+    except OSError:
+        pass
+    return []
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the libraries whose arithmetic the results depend on."""
+    found = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def describe() -> dict[str, object]:
+    """Everything above, as one JSON-ready dictionary."""
+    return {"cpu": cpu_model(), "machine": platform.machine(), "simd": simd_flags(), "versions": versions()}
+
+
+def one_line() -> str:
+    """``AMD EPYC (x86_64; avx2 avx512f ...)``: for logs and benchmark output."""
+    return f"{cpu_model()} ({platform.machine()}; {' '.join(simd_flags()) or 'SIMD flags unknown'})"

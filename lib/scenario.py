@@ -1,0 +1,139 @@
+"""A dataset ready for the defense: its BadNet B loaded as its publisher fed it, and its image sets.
+
+``Scenario`` holds B, loaded safely, given its dataset's input scale (``lib.input_scale``) and checked to
+have the layers the defense prunes, and loads the run's image sets (``lib.workspace``) validated against
+B's classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from lib.catalog import DatasetSpec, TriggerFiles
+from lib.datasets import ImageSet, check_paired, load_image_set
+from lib.errors import InputError
+from lib.input_scale import with_input_scale
+from lib.models import check_prunable, load_model_file, num_classes_of
+from lib.paths import ResultFiles, shown
+from lib.workspace import Workspace
+
+SPLITS = ("valid", "test")
+
+
+def _split_path(valid: str, test: str, split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    return valid if split == "valid" else test
+
+
+@dataclass
+class Scenario:
+    """The BadNet B of one run and access to its validated image sets."""
+
+    ws: Workspace
+    badnet: keras.Model
+    n_classes: int
+    conv_layer: str
+    pool_layer: str
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.ws.spec
+
+    @property
+    def dataset(self) -> str:
+        return self.ws.dataset
+
+    @property
+    def results(self) -> ResultFiles:
+        return self.ws.results
+
+    def clean_path(self, split: str) -> Path:
+        return self.ws.file(_split_path(self.spec.clean_valid, self.spec.clean_test, split))
+
+    def load_clean(self, split: str) -> ImageSet:
+        """Clean ``valid`` or ``test`` images, validated against B's classes."""
+        return load_image_set(self.clean_path(split), num_classes=self.n_classes)
+
+    @property
+    def triggers(self) -> list[TriggerFiles]:
+        """The triggers whose poisoned data is here (an optional one may be missing)."""
+        return [t for t in self.spec.triggers if self.ws.file(t.valid).is_file() and self.ws.file(t.test).is_file()]
+
+    def triggered_paths(self, split: str) -> dict[str, Path]:
+        return {t.name: self.ws.file(_split_path(t.valid, t.test, split)) for t in self.triggers}
+
+    def load_triggered(self, split: str, clean: ImageSet | None = None) -> dict[str, ImageSet]:
+        """Each available trigger's ``valid`` or ``test`` images, labelled with the attacker's target.
+
+        Where the dataset pairs them with the clean images, the sizes are checked against ``clean``
+        (loaded if not given).
+        """
+        sets = {name: load_image_set(p, num_classes=self.n_classes) for name, p in self.triggered_paths(split).items()}
+        if self.spec.paired and sets:
+            clean = clean if clean is not None else self.load_clean(split)
+            for s in sets.values():
+                check_paired(clean, s)
+        return sets
+
+    def input_files(self, split: str) -> list[Path]:
+        """B and the image sets of one split: what a step reading that split depends on."""
+        return [self.ws.badnet_path, self.clean_path(split), *self.triggered_paths(split).values()]
+
+    def limitations(self) -> list[str]:
+        """What this dataset cannot show, in words for the notebooks."""
+        notes = []
+        if not self.spec.triggers:
+            notes.append(
+                f"{self.dataset}: no poisoned data was published for this BadNet, "
+                "so the attack success rate is not measured (NaN)"
+            )
+        for t in self.spec.triggers:
+            if t not in self.triggers:
+                notes.append(
+                    f"{self.dataset}: the poisoned data of trigger {t.name!r} is not in {shown(self.ws.data)}/, "
+                    "so its attack success rate is not measured"
+                )
+        if any(t.valid == t.test for t in self.triggers):
+            notes.append(
+                f"{self.dataset}: only one poisoned file per trigger was published, so the sweep's ASR curve reads "
+                "the same file as the test table (it chooses nothing: B' is chosen on clean validation accuracy)"
+            )
+        return notes
+
+
+def load_scenario(
+    ws: Workspace, conv_layer: str = "conv_3", pool_layer: str = "pool_3", allow_unsafe_layers: bool = False
+) -> Scenario:
+    """Load B from the data folder, fed as its publisher fed it, and check it has the layers the defense prunes."""
+    missing = [p for p in ws.required_files() if not p.is_file()]
+    if missing:
+        raise InputError(missing[0], "file not found", f"run the data notebook first: `make data {ws.make_target}`")
+    model = load_model_file(ws.badnet_path, allow_unsafe_layers=allow_unsafe_layers)
+    model = with_input_scale(model, ws.spec.input_scale, ws.badnet_path)
+    check_prunable(model, conv_layer, pool_layer, ws.badnet_path)
+    return Scenario(ws, model, num_classes_of(model), conv_layer, pool_layer)
+
+
+def image_set_overview(scenario: Scenario) -> pd.DataFrame:
+    """One row per image set: its role, file, number of images and of distinct labels (all sets validated)."""
+    sets = {"clean valid": scenario.load_clean("valid"), "clean test": scenario.load_clean("test")}
+    for split in SPLITS:
+        triggered = scenario.load_triggered(split, sets[f"clean {split}"])
+        sets.update({f"{name} {split}": s for name, s in triggered.items()})
+    return pd.DataFrame(
+        [
+            {
+                "set": role,
+                "file": s.path.relative_to(scenario.ws.data).as_posix(),
+                "images": len(s),
+                "distinct labels": len(np.unique(s.labels)),
+            }
+            for role, s in sets.items()
+        ]
+    )

@@ -1,0 +1,1 @@
+"""The five steps of the defense, one module each; ``lib.pipeline`` lists them."""

@@ -1,0 +1,99 @@
+"""Step 1, notebook 01: the dataset's files in place, checked, and B measured against its publishers' figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from lib import activations as act
+from lib import plots, provenance
+from lib.demo import DemoRecipe, ensure_demo_scenario
+from lib.download import DRIVE_CACHE, default_weights_mirror, ensure_csaw
+from lib.models import predict_classes
+from lib.paths import data_root, shown
+from lib.reference import enforce, reference_table
+from lib.scenario import Scenario, image_set_overview, load_scenario
+from lib.steps.common import DATA, locked
+from lib.tables import write_csv
+from lib.workspace import Workspace
+
+
+@dataclass
+class DataOutcome:
+    files: pd.DataFrame  # one row per image set: role, file, images, distinct labels
+    reference: pd.DataFrame | None  # B against its publishers' figures (CSAW datasets)
+    notes: list[str]  # what this dataset cannot show
+    figure: plt.Figure | None  # clean and triggered samples
+
+
+def prepare_data(
+    ws: Workspace,
+    demo_recipe: dict | None = None,
+    use_weights_mirror: bool = True,
+    check_reference: bool = True,
+    n_samples: int = 8,
+    batch_size: int = act.DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+) -> DataOutcome:
+    """Get the dataset's files into the data folder (files already there and valid are kept), then check them.
+
+    Demos are built (``demo_recipe`` overrides their recipe); CSAW datasets downloaded, and B measured
+    against its publishers' figures (``lib.reference``; ``check_reference=False`` only warns).
+    """
+    with locked(ws, DATA):
+        if ws.spec.is_demo:
+            ensure_demo_scenario(ws.data, DemoRecipe(**{**ws.spec.demo_recipe, **(demo_recipe or {})}), progress)
+        else:
+            mirror = default_weights_mirror() if use_weights_mirror else None
+            ensure_csaw(
+                ws.spec, ws.data, weights_mirror=mirror, progress=progress, drive_cache=data_root() / DRIVE_CACHE
+            )
+        scenario = load_scenario(ws)
+        files = image_set_overview(scenario)
+        outputs = list(dict.fromkeys(scenario.input_files("valid") + scenario.input_files("test")))
+        reference = None
+        if ws.spec.reference is not None:
+            reference = _reference_check(scenario, batch_size)
+            write_csv(reference, ws.results.reference_check_csv)
+            outputs.append(ws.results.reference_check_csv)
+            enforce(reference, shown(ws.badnet_path), ws.dataset, enforced=check_reference)
+        figure = _sample_figure(scenario, n_samples)
+        if figure is not None:
+            outputs.append(plots.save_figure(figure, ws.results.figure("samples")))
+        summary = f"{len(files)} image sets, B with {scenario.n_classes} classes"
+        if reference is not None:
+            summary += f"; B {reference['measured'].iloc[0]:.2f} % clean validation accuracy (reference check)"
+        provenance.record_step(ws.results, DATA, [], outputs, summary)
+        return DataOutcome(files, reference, scenario.limitations(), figure)
+
+
+def _reference_check(scenario: Scenario, batch_size: int) -> pd.DataFrame:
+    clean = scenario.load_clean("valid")
+    accuracy = 100.0 * np.mean(predict_classes(scenario.badnet, clean.images, batch_size) == clean.labels)
+    triggered = scenario.load_triggered("valid", clean)
+    asr = None
+    if triggered and scenario.spec.reference.attack_success_rate is not None:
+        hits = [predict_classes(scenario.badnet, s.images, batch_size) == s.labels for s in triggered.values()]
+        asr = 100.0 * float(np.mean(np.concatenate(hits)))
+    n_test = len(scenario.load_clean("test"))
+    return reference_table(scenario.spec.reference, float(accuracy), asr, len(clean), n_test)
+
+
+def _sample_figure(scenario: Scenario, n: int) -> plt.Figure | None:
+    """Clean validation images with their identity over images wearing the (first) trigger, labelled with the target."""
+    clean = scenario.load_clean("valid")
+    triggered = next(iter(scenario.load_triggered("valid", clean).values()), None)
+    if triggered is None:
+        return None
+    pick_clean = slice(None, None, max(1, len(clean) // n))
+    pick_triggered = slice(None, None, max(1, len(triggered) // n))
+    return plots.plot_sample_grid(
+        clean.images[pick_clean],
+        triggered.images[pick_triggered],
+        clean.labels[pick_clean],
+        triggered.labels[pick_triggered],
+        n=n,
+    )
