@@ -1,10 +1,13 @@
-"""One run at a time per dataset: a lock on its data folder and on its results folder.
+"""One run at a time per results folder, and no reader of a data folder while it is being written.
 
-Two ``make all`` runs on the same dataset would otherwise interleave their writes (the last writer
-wins, possibly with other parameters), and one run's clean-up could delete the other's temporary files.
-The lock is a ``filelock`` lock file inside each folder (released by the operating system if the holder
-dies, so it never goes stale); who holds it is written beside it, so that a second run stops with a
-message that names the holder.
+Two ``make all`` runs on the same dataset would otherwise interleave their writes (the last writer wins,
+possibly with other parameters), and one run's clean-up could delete the other's temporary files. A
+folder is held through a reader-writer lock file inside it (``filelock.ReadWriteLock``): a results folder
+by one writer, a data folder by its data step as writer or by any number of readers (the analysis steps of
+a study's runs of one CSAW dataset read it together). Locks are released by the
+operating system if their holder dies, so they never go stale; who holds a folder is written beside the
+lock, so that a second run stops with a message that names the holder, at once or, with
+``$BACKDOOR_LOCK_TIMEOUT`` seconds, after waiting that long.
 
 A process that holds the locks passes their folders to its children in ``$BACKDOOR_HELD_LOCKS``
 (``make`` under ``python -m lib.locks``, the notebook kernel under ``lib.run_notebook``): they run under
@@ -24,12 +27,13 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import ReadWriteLock, Timeout
 
 from lib.errors import InputError
 from lib.paths import data_folder, result_files, shown
 
 HELD_ENV = "BACKDOOR_HELD_LOCKS"
+TIMEOUT_ENV = "BACKDOOR_LOCK_TIMEOUT"
 LOCK_NAME = ".lock"
 HOLDER_NAME = ".lock-holder.json"
 
@@ -60,35 +64,45 @@ def _holder(folder: Path) -> str:
         return "another process"
 
 
+def _acquire(stack: contextlib.ExitStack, folder: Path, shared: bool, timeout: float, what: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = ReadWriteLock(folder / LOCK_NAME, timeout=timeout, is_singleton=False)
+    try:
+        if shared:
+            stack.enter_context(lock.read_lock())
+            return  # readers leave the holder file to the writer
+        stack.enter_context(lock.write_lock())
+    except Timeout:
+        raise InputError(
+            shown(folder),
+            f"in use by {_holder(folder)}: one run at a time per folder",
+            "wait for that run to finish (or stop it), or point this run at folders of its own "
+            "(notebook parameters data_dir=... results_dir=...)",
+        ) from None
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": what or " ".join(sys.argv)[:200],
+        "since": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    (folder / HOLDER_NAME).write_text(json.dumps(holder) + "\n", encoding="utf-8")
+    stack.callback((folder / HOLDER_NAME).unlink, missing_ok=True)
+
+
 @contextlib.contextmanager
-def hold(folders: Sequence[str | Path], what: str = "") -> Iterator[None]:
-    """Hold the locks of ``folders`` (created if needed) for the duration; stop at once if another run has one.
+def hold(folders: Sequence[str | Path], what: str = "", read: Sequence[str | Path] = ()) -> Iterator[None]:
+    """Hold ``folders`` exclusively and ``read`` shared (created if needed) for the duration.
 
     Folders an ancestor holds for us are skipped. Locks are taken in a fixed order, so two runs that
-    share a folder (two results folders reading one data folder) cannot deadlock.
+    share a folder cannot deadlock. Another holder stops us at once, or after ``$BACKDOOR_LOCK_TIMEOUT``.
     """
-    wanted = sorted({_key(Path(f)): Path(f) for f in folders if not held_by_parent(Path(f))}.items())
+    timeout = float(os.environ.get(TIMEOUT_ENV, "0"))
+    wanted = {_key(Path(f)): (Path(f), True) for f in read}
+    wanted.update({_key(Path(f)): (Path(f), False) for f in folders})
     with contextlib.ExitStack() as stack:
-        for _, folder in wanted:
-            folder.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(folder / LOCK_NAME, timeout=0)
-            try:
-                stack.enter_context(lock)
-            except Timeout:
-                raise InputError(
-                    shown(folder),
-                    f"in use by {_holder(folder)}: one run at a time per dataset",
-                    "wait for that run to finish (or stop it), or point this run at folders of its own "
-                    "(notebook parameters data_dir=... results_dir=...)",
-                ) from None
-            holder = {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "command": what or " ".join(sys.argv)[:200],
-                "since": datetime.datetime.now().isoformat(timespec="seconds"),
-            }
-            (folder / HOLDER_NAME).write_text(json.dumps(holder) + "\n", encoding="utf-8")
-            stack.callback((folder / HOLDER_NAME).unlink, missing_ok=True)
+        for _, (folder, shared) in sorted(wanted.items()):
+            if not held_by_parent(folder):
+                _acquire(stack, folder, shared, timeout, what)
         yield
 
 

@@ -42,6 +42,7 @@ from lib import locks, provenance
 from lib.atomic import atomic_path
 from lib.errors import InputError
 from lib.paths import PROJECT_ROOT, shown
+from lib.steps.common import DATA
 from lib.workspace import Workspace, workspace
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -145,7 +146,12 @@ def run(
     ws = workspace(parameters["dataset"], parameters.get("data_dir"), parameters.get("results_dir"))
     step = step_of(notebook)
     output = Path(output) if output else ws.results.notebooks / notebook.name
-    with locks.hold([ws.data, ws.results.root], what=f"{notebook.name} {ws.dataset}"):
+    writes_data = step == DATA  # the one step that writes the data folder; the others only read it
+    with locks.hold(
+        [ws.data, ws.results.root] if writes_data else [ws.results.root],
+        what=f"{notebook.name} {ws.dataset}",
+        read=[] if writes_data else [ws.data],
+    ):
         code = provenance.code_digest(notebook)
         reason = None if force else provenance.stale_reason(ws.results, step, parameters, code)
         if not force and reason is None:

@@ -19,8 +19,12 @@ ACTIVATION_DIGITS = 6
 
 @contextlib.contextmanager
 def locked(ws: Workspace, step: str) -> Iterator[None]:
-    """Hold the dataset's data and results folders for the step (unless the runner holds them for us)."""
-    with locks.hold([ws.data, ws.results.root], what=f"step {step} of {ws.dataset}"):
+    """Hold the run's results folder, and its data folder (for writing in the data step, else for reading).
+
+    Nothing is taken where the runner already holds the folders for us.
+    """
+    writes = [ws.data, ws.results.root] if step == DATA else [ws.results.root]
+    with locks.hold(writes, what=f"step {step} of {ws.dataset}", read=[] if step == DATA else [ws.data]):
         yield
 
 
