@@ -16,6 +16,8 @@ module                    what it holds
 ``lib.architecture``      the DeepID-style BadNet architecture, layer names as in the CSAW files
 ``lib.models``            load a BadNet safely, check its layers, save models atomically
 ``lib.download``          the real CSAW data: gdown + GitHub, SHA-256 checked
+``lib.checksums``         the lock files ``checksums/<dataset>.sha256`` (read, write, SHA-256)
+``lib.fetch``             bytes onto the disk: the network boundary, the shared Drive cache, a full disk
 ``lib.demo``              the offline demos: synthetic faces, a BadNets or pruning-aware BadNet
 ``lib.activations``       mean activation of every channel of the last pooling layer
 ``lib.sweep``             the pruning sweep engine (cached prefix, exact) and the naive reference

@@ -1,156 +1,98 @@
 """Obtain the real CSAW inputs (lab 3 and the four competition BadNets), SHA-256 verified, never half-written.
 
-Where the files come from (``lib.catalog`` lists them for each dataset):
+Each file a dataset downloads is a ``RemoteFile`` record (``remote_files``): where it goes, where
+it is published, its digest if one was published, and how to tell it is usable. One loop gets
+the missing ones:
 
-* the image sets from the lab's or the competition's Google Drive folder, with gdown (the
+* the image sets from the dataset's Google Drive folder, with gdown, once for all of them (the
   competition's folder is shared by four datasets: it is downloaded once, kept in
   ``data/.drive-cache/`` and its files hard-linked into each dataset's folder);
 * the BadNet's weights (``bd_weights.h5``) from the public GitHub repository, or from a local
   mirror folder (``default_weights_mirror()``), which makes the real weights usable offline.
   ``bd_net.h5`` is then built from them as a full Keras model (``lib.models.save_model``).
 
-Why a lock file: Drive files can be replaced or corrupted by their owner or by an interrupted
-transfer, and nobody published their digests. The first successful download records them in
-``checksums/<dataset>.sha256`` (commit it); every later download or present file is checked
-against it, so every run of the pipeline sees exactly the same bytes. The weights' digest is known
-in advance and pinned here as well. The lock file has the ``sha256sum`` format, so
-``cd data/csaw-lab3 && sha256sum -c ../../checksums/csaw-lab3.sha256`` checks the files by hand.
+Every file is checked against the dataset's lock file (``lib.checksums``), where the digests of
+the first successful download are recorded.
 
-Why staging: everything is downloaded into a temporary folder inside ``root``, checked (digest,
-then HDF5 validation) and only then renamed into place, all files together. A failed or
-corrupted download therefore leaves ``root`` as it was, and no later step can mistake a
-truncated file for a good one.
+Why staging: everything is downloaded into a temporary folder inside the dataset's folder,
+checked (digest, then HDF5 validation) and only then renamed into place, all files together. A
+failed or corrupted download, or a full disk, therefore leaves the folder as it was; what a killed
+run left in staging is removed by the next run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from lib.architecture import CSAW_NUM_CLASSES
-from lib.atomic import write_text
-from lib.catalog import DATASETS, DatasetSpec
+from lib.catalog import DatasetSpec
+from lib.checksums import default_lock_file, read_lock, sha256_of, write_lock
 from lib.datasets import load_image_set
 from lib.errors import InputError
+from lib.fetch import (
+    STAGING_SUFFIX,
+    Downloader,
+    NetworkDownloader,
+    cached_drive_folder,
+    disk_full,
+    disk_space,
+    evict,
+    remove_leftovers,
+)
 from lib.models import load_model_file, save_model
 from lib.paths import PROJECT_ROOT
 
+#: The published weights, in every CSAW dataset's folder (``bd_net.h5`` is built from them).
 WEIGHTS = "bd_weights.h5"
-BADNET = "bd_net.h5"
-LAB3 = DATASETS["csaw-lab3"]
-#: The lab-3 names, kept for readers and tests of the lab-3 path.
-DRIVE_FOLDER_ID = LAB3.source.drive_folder_id
-DRIVE_FOLDER_URL = LAB3.source.drive_folder_url
-WEIGHTS_URL = LAB3.source.weights_url
-DRIVE_FILES = tuple(LAB3.image_files())
-#: Digests known before any download (SHA256SUMS of the shared CSAW weight files).
-PINNED_SHA256 = {WEIGHTS: LAB3.source.weights_sha256}
-DEFAULT_LOCK_FILE = PROJECT_ROOT / "checksums" / "csaw-lab3.sha256"
 #: Where a Drive folder shared by several datasets is kept once (under the data root).
 DRIVE_CACHE = ".drive-cache"
+_STAGING_PREFIX = ".download-"
 
 
-def default_lock_file(dataset: str) -> Path:
-    """``checksums/<dataset>.sha256``: the digests of the dataset's files, recorded on first download."""
-    return PROJECT_ROOT / "checksums" / f"{dataset}.sha256"
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file a dataset downloads: where it goes, where it is published, how it is checked."""
+
+    path: str  # relative to the dataset's folder
+    url: str  # where it is published (the file, or the Drive folder that holds it): where to get it by hand
+    validate: Callable[[Path], object]  # raises InputError unless the file is usable
+    sha256: str | None = None  # the published digest; None: the lock file's, recorded on first download
+    drive_folder_id: str | None = None  # found in this Drive folder (fetched once for all its files), not at url
+    mirror_name: str | None = None  # its name in a local mirror folder, copied from there when it matches
+    optional: bool = False  # not in every copy of the published data: may stay absent
 
 
-_LOCK_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+def _validate_image_set(path: Path) -> None:
+    load_image_set(path, num_classes=CSAW_NUM_CLASSES)
 
 
-class Downloader(Protocol):
-    """The only code that touches the network, so that tests can replace it.
-
-    Both methods raise (any exception) or leave the destination missing on failure;
-    ``ensure_csaw_lab3`` turns that into one ``InputError`` that says what to do.
-    """
-
-    def fetch_url(self, url: str, dest: Path) -> None:
-        """Write the content of ``url`` to the file ``dest``."""
-
-    def fetch_drive_folder(self, folder_id: str, dest_dir: Path) -> None:
-        """Write the files of a public Google Drive folder (with its subfolders) under ``dest_dir``."""
-
-
-class NetworkDownloader:
-    """The real downloader: requests for plain URLs, gdown for the Drive folder."""
-
-    def __init__(self, progress: bool = True, timeout: float = 60.0) -> None:
-        self.progress = progress
-        self.timeout = timeout
-
-    def fetch_url(self, url: str, dest: Path) -> None:
-        import requests
-        from tqdm.auto import tqdm
-
-        with requests.get(url, stream=True, timeout=self.timeout) as response:
-            response.raise_for_status()
-            total = int(response.headers.get("content-length", 0)) or None
-            with (
-                open(dest, "wb") as out,
-                tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name, disable=not self.progress) as bar,
-            ):
-                for chunk in response.iter_content(chunk_size=1 << 16):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-
-    def fetch_drive_folder(self, folder_id: str, dest_dir: Path) -> None:
-        import gdown
-
-        # Older gdown versions return None instead of raising when Drive refuses (quota, permissions).
-        files = gdown.download_folder(id=folder_id, output=str(dest_dir), quiet=not self.progress, timeout=self.timeout)
-        if not files:
-            raise RuntimeError("gdown could not list or download the folder (no files returned)")
+def remote_files(spec: DatasetSpec) -> list[RemoteFile]:
+    """The files ``spec`` downloads, in lock-file order: the weights, then the image sets."""
+    source = spec.source
+    if source is None:
+        raise ValueError(f"{spec.name} is not downloaded (it has no CSAW source)")
+    optional = spec.optional_files()
+    weights = RemoteFile(
+        WEIGHTS, source.weights_url, load_model_file, sha256=source.weights_sha256, mirror_name=source.mirror_name
+    )
+    drive_url, drive_id = source.drive_folder_url, source.drive_folder_id
+    images = [
+        RemoteFile(rel, drive_url, _validate_image_set, drive_folder_id=drive_id, optional=rel in optional)
+        for rel in spec.image_files()
+    ]
+    return [weights, *images]
 
 
 def default_weights_mirror() -> Path | None:
     """``shared/csaw-models`` beside the project, if it exists: the real weights without network."""
     mirror = PROJECT_ROOT.parent / "shared" / "csaw-models"
     return mirror if mirror.is_dir() else None
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (the image sets are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_lock(lock_file: Path) -> dict[str, str]:
-    """``{relative path: sha256}`` from a ``sha256sum``-style file; empty if the file does not exist."""
-    lock_file = Path(lock_file)
-    if not lock_file.is_file():
-        return {}
-    digests: dict[str, str] = {}
-    for number, line in enumerate(lock_file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _LOCK_LINE.match(line.rstrip())
-        if match is None:
-            raise InputError(
-                lock_file,
-                f"line {number} is not `<64 hex digits>  <relative path>`: {line!r}",
-                "fix or delete that line (a deleted line is recorded again from the next good download)",
-            )
-        digests[match.group(2)] = match.group(1).lower()
-    return digests
-
-
-def write_lock(lock_file: Path, digests: dict[str, str], order: list[str] | None = None) -> None:
-    """Rewrite the lock file atomically: known files in layout order, then any others the user keeps."""
-    order = order or [WEIGHTS, *DRIVE_FILES]
-    names = [n for n in order if n in digests] + sorted(n for n in digests if n not in order)
-    write_text(lock_file, "".join(f"{digests[n]}  {n}\n" for n in names))
 
 
 @dataclass
@@ -174,225 +116,181 @@ class _Job:
     root: Path
     lock_file: Path
     expected: dict[str, str]
-    downloader: Downloader | None
+    downloader: Downloader
     mirror: Path | None
     drive_cache: Path | None
     progress: bool
-
-    @property
-    def weights_url(self) -> str:
-        return self.spec.source.weights_url
-
-    @property
-    def drive_url(self) -> str:
-        return self.spec.source.drive_folder_url
-
-    def source_of(self, rel: str) -> str:
-        return self.weights_url if rel == WEIGHTS else self.drive_url
+    missing: list[RemoteFile] = field(default_factory=list)
+    #: The Drive folders fetched by this call: folder id -> (where, status).
+    drive_folders: dict[str, tuple[Path, str]] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
         if self.progress:
             print(message, flush=True)
 
-    def manual_fix(self, rels: list[str]) -> str:
-        places = ", ".join(str(self.root / r) for r in rels)
+    def manual_fix(self, files: list[RemoteFile]) -> str:
+        places = ", ".join(str(self.root / f.path) for f in files)
         return (
             "check your connection and run again (Google Drive also refuses for a while after too many downloads: "
-            f"wait and retry), or download by hand from {self.source_of(rels[0])} and place the file(s) at {places}"
+            f"wait and retry), or download by hand from {files[0].url} and place the file(s) at {places}"
         )
 
-    def other_bytes_fix(self, rel: str, expected: str, actual: str) -> str:
-        """How to make the pipeline accept different bytes: unpin a recorded digest, or override a pinned one."""
-        if rel == WEIGHTS and self.spec.source.weights_sha256 == expected:
-            return f"write the line `{actual}  {rel}` into {self.lock_file} (the file is then not the published one)"
-        return f"remove the line for {rel} from {self.lock_file}"
-
-    def get_downloader(self) -> Downloader:
-        if self.downloader is None:
-            self.downloader = NetworkDownloader(self.progress)
-        return self.downloader
+    def other_bytes_fix(self, f: RemoteFile, expected: str, actual: str) -> str:
+        """How to make the pipeline accept different bytes: unpin a recorded digest, or override a published one."""
+        if f.sha256 == expected:
+            return f"write the line `{actual}  {f.path}` into {self.lock_file} (the file is then not the published one)"
+        return f"remove the line for {f.path} from {self.lock_file}"
 
 
-def _validate(path: Path, rel: str) -> None:
-    """Raise InputError unless ``path`` is a usable file for ``rel`` (an image set or the weights)."""
-    if rel == WEIGHTS:
-        load_model_file(path)
-    else:
-        load_image_set(path, num_classes=CSAW_NUM_CLASSES)
-
-
-def _check_present(job: _Job, rel: str) -> _Entry:
-    """A file already in ``root``: keep it if it matches the lock; validate it if nothing is recorded."""
-    target, expected = job.root / rel, job.expected.get(rel)
+def _check_present(job: _Job, f: RemoteFile) -> _Entry:
+    """A file already in place: keep it if it matches the lock; validate it if nothing is recorded."""
+    target, expected = job.root / f.path, job.expected.get(f.path)
     actual = sha256_of(target)
     if expected is None:
-        _validate(target, rel)  # raises InputError naming the file if it is corrupt
+        f.validate(target)  # raises InputError naming the file if it is corrupt
     elif actual != expected:
         raise InputError(
             target,
             f"its SHA-256 is {actual}, but {expected} is expected (lock file {job.lock_file}); "
             "the file is damaged, truncated or a different version",
             f"delete it so that it is downloaded again; or, if you replaced it on purpose, "
-            f"{job.other_bytes_fix(rel, expected, actual)}",
+            f"{job.other_bytes_fix(f, expected, actual)}",
         )
     return _Entry(target, actual, "present", str(target))
 
 
-def _call_downloader(action: Callable[[], None], source: str, what: str, fix: str) -> None:
-    """Run one download; any failure of the network layer (gdown, requests) becomes one InputError."""
+def _call_downloader(job: _Job, action: Callable[[], None], files: list[RemoteFile], what: str, into: Path) -> None:
+    """Run one download into the folder ``into``; any failure (gdown, requests, a full disk) becomes one InputError."""
     try:
         action()
     except InputError:
         raise
     except Exception as exc:  # gdown/requests raise many types: quota, permissions, DNS, timeouts
+        full = disk_full(exc, into, f"downloading {what}")
+        if full is not None:
+            raise full from None
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InputError(source, f"could not download {what} ({exc.__class__.__name__}: {detail})", fix) from None
+        raise InputError(
+            files[0].url, f"could not download {what} ({exc.__class__.__name__}: {detail})", job.manual_fix(files)
+        ) from None
 
 
-def _accept(job: _Job, tmp: Path, rel: str, source: str) -> str:
-    """Check a staged download: digest against the lock (if recorded), then HDF5 validation."""
-    actual, expected = sha256_of(tmp), job.expected.get(rel)
+def _accept(job: _Job, f: RemoteFile, tmp: Path, source: str) -> str:
+    """Check a staged file: digest against the lock (if recorded), then its validator. Returns the digest."""
+    actual, expected = sha256_of(tmp), job.expected.get(f.path)
     if expected is not None and actual != expected:
         raise InputError(
             source,
-            f"the downloaded {rel} has SHA-256 {actual}, but {expected} is expected (lock file {job.lock_file}); "
+            f"the downloaded {f.path} has SHA-256 {actual}, but {expected} is expected (lock file {job.lock_file}); "
             "nothing was saved",
             "run again (an interrupted transfer, proxy or captive portal alters downloads); if the file was changed "
-            f"upstream on purpose, {job.other_bytes_fix(rel, expected, actual)} and run again",
+            f"upstream on purpose, {job.other_bytes_fix(f, expected, actual)} and run again",
         )
     try:
-        _validate(tmp, rel)
+        f.validate(tmp)
     except InputError as exc:
         raise InputError(
-            source, f"the downloaded {rel} is not usable ({exc.problem}); nothing was saved", job.manual_fix([rel])
+            source, f"the downloaded {f.path} is not usable ({exc.problem}); nothing was saved", job.manual_fix([f])
         ) from None
     return actual
 
 
-def _stage_weights(job: _Job, staging: Path) -> tuple[Path, _Entry]:
-    """Copy the weights from the mirror if it holds the right file, else download them; verify."""
-    tmp, expected, url = staging / WEIGHTS, job.expected.get(WEIGHTS), job.weights_url
-    mirrored = job.mirror / job.spec.source.mirror_name if job.mirror is not None else None
-    if mirrored is not None and mirrored.is_file():
-        if expected is None or sha256_of(mirrored) == expected:
-            job.say(f"{WEIGHTS}: copying from {mirrored}")
-            shutil.copyfile(mirrored, tmp)
-            return tmp, _Entry(job.root / WEIGHTS, _accept(job, tmp, WEIGHTS, str(mirrored)), "mirror", str(mirrored))
-        warnings.warn(
-            f"{mirrored}: SHA-256 differs from the expected {expected}; downloading {url} instead", stacklevel=3
-        )
-    job.say(f"{WEIGHTS}: downloading {url}")
-    _call_downloader(lambda: job.get_downloader().fetch_url(url, tmp), url, WEIGHTS, job.manual_fix([WEIGHTS]))
-    if not tmp.is_file():
-        raise InputError(url, f"the download of {WEIGHTS} produced no file", job.manual_fix([WEIGHTS]))
-    return tmp, _Entry(job.root / WEIGHTS, _accept(job, tmp, WEIGHTS, url), "downloaded", url)
-
-
-def _find_in_folder(job: _Job, folder: Path, rel: str) -> Path | None:
+def _find_in_folder(folder: Path, f: RemoteFile, fix: str) -> Path | None:
     """The Drive folder's layout varies (``data/cl/valid.h5``, ``cl/valid.h5``, flat): find by name.
 
     Several files of that name (the competition has two ``sunglasses_poisoned_data.h5``) are told
-    apart by the rest of ``rel``'s path, then by depth (the least nested). None if there is none.
+    apart by the rest of the path, then by depth (the least nested). None if there is none.
     """
-    name = Path(rel).name
-    found = sorted(p for p in folder.rglob(name) if p.is_file())
+    found = sorted(p for p in folder.rglob(Path(f.path).name) if p.is_file())
     if len(found) > 1:
-        matching = [p for p in found if p.relative_to(folder).as_posix().endswith(rel)] or found
+        matching = [p for p in found if p.relative_to(folder).as_posix().endswith(f.path)] or found
         depth = min(len(p.relative_to(folder).parts) for p in matching)
         found = [p for p in matching if len(p.relative_to(folder).parts) == depth]
     if len(found) > 1:
-        listing = sorted(p.relative_to(folder).as_posix() for p in found)
-        raise InputError(
-            job.drive_url,
-            f"the Drive folder holds several files for {rel}: {', '.join(listing)}",
-            job.manual_fix([rel]),
-        )
+        listing = ", ".join(sorted(p.relative_to(folder).as_posix() for p in found))
+        raise InputError(f.url, f"the Drive folder holds several files for {f.path}: {listing}", fix)
     return found[0] if found else None
 
 
-def _link_tree(source: Path, dest: Path) -> None:
-    """Hard-link (or, across file systems, copy) every file of ``source`` into ``dest``."""
-    for path in source.rglob("*"):
-        if path.is_file():
-            target = dest / path.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, target)
-            except OSError:
-                shutil.copyfile(path, target)
+def _drive_folder(job: _Job, folder_id: str, staging: Path) -> tuple[Path, str]:
+    """The Drive folder's files under ``staging`` and their status, fetched once per call (or linked from the cache)."""
+    if folder_id not in job.drive_folders:
+        folder = staging / "drive" / folder_id
+        folder.mkdir(parents=True)
+        wanted = [f for f in job.missing if f.drive_folder_id == folder_id]
+        names = ", ".join(f.path for f in wanted)
+
+        def download(dest: Path) -> None:
+            job.say(f"{names}: downloading the Drive folder {wanted[0].url}")
+            action = lambda: job.downloader.fetch_drive_folder(folder_id, dest)  # noqa: E731
+            _call_downloader(job, action, wanted, f"the {job.spec.name} data", job.drive_cache or job.root)
+
+        if job.drive_cache is None:
+            download(folder)
+            status = "downloaded"
+        else:
+            say = lambda message: job.say(f"{names}: {message}")  # noqa: E731
+            status = cached_drive_folder(job.drive_cache, folder_id, folder, download, say)
+        job.drive_folders[folder_id] = folder, status
+    return job.drive_folders[folder_id]
 
 
-def _fetch_drive_folder(job: _Job, folder: Path, rels: list[str]) -> str:
-    """Fill ``folder`` with the Drive folder: from the shared cache when it holds it, else downloaded.
+def _stage(job: _Job, f: RemoteFile, staging: Path) -> tuple[Path, str, str] | None:
+    """Get ``f`` into ``staging``: from the mirror when it holds the right file, else from where it is published.
 
-    A downloaded folder that several datasets share is kept in the cache (files hard-linked, no
-    second copy on disk), so the competition's four BadNets download it once. Returns the status.
+    Returns (the staged file, its status, where it came from); None for an optional file the Drive folder lacks.
     """
-    source = job.spec.source
-    cached = (
-        job.drive_cache / source.drive_folder_id if job.drive_cache is not None and source.shared_drive_folder else None
-    )
-    if cached is not None and (cached / ".complete").is_file():
-        job.say(f"{', '.join(rels)}: linking from {cached} (downloaded for another dataset)")
-        _link_tree(cached, folder)
-        (folder / ".complete").unlink(missing_ok=True)
-        return "cache"
-    job.say(f"{', '.join(rels)}: downloading the Drive folder {job.drive_url}")
-    _call_downloader(
-        lambda: job.get_downloader().fetch_drive_folder(source.drive_folder_id, folder),
-        job.drive_url,
-        f"the {job.spec.name} data",
-        job.manual_fix(rels),
-    )
-    if cached is not None:
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{source.drive_folder_id}.", suffix=".tmp", dir=job.drive_cache.parent)
+    expected = job.expected.get(f.path)
+    mirrored = job.mirror / f.mirror_name if job.mirror is not None and f.mirror_name else None
+    tmp = staging / "files" / f.path
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if mirrored is not None and mirrored.is_file():
+        if expected is None or sha256_of(mirrored) == expected:
+            job.say(f"{f.path}: copying from {mirrored}")
+            with disk_space(job.root, f"copying {f.path} from {mirrored}", mirrored.stat().st_size):
+                shutil.copyfile(mirrored, tmp)
+            return tmp, "mirror", str(mirrored)
+        warnings.warn(f"{mirrored}: SHA-256 differs from the expected {expected}; downloading {f.url}", stacklevel=4)
+    if f.drive_folder_id is None:
+        job.say(f"{f.path}: downloading {f.url}")
+        _call_downloader(job, lambda: job.downloader.fetch_url(f.url, tmp), [f], f.path, job.root)
+        if not tmp.is_file():
+            raise InputError(f.url, f"the download of {f.path} produced no file", job.manual_fix([f]))
+        return tmp, "downloaded", f.url
+    folder, status = _drive_folder(job, f.drive_folder_id, staging)
+    found = _find_in_folder(folder, f, job.manual_fix([f]))
+    if found is None and f.optional:
+        job.say(f"{f.path}: not in the Drive folder (not published for every copy of the data): skipped")
+        return None
+    if found is None:
+        listing = ", ".join(sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()))
+        raise InputError(
+            f.url,
+            f"the Drive folder holds no file named {Path(f.path).name} for {f.path} (it holds: {listing or 'nothing'})",
+            job.manual_fix([f]),
         )
-        _link_tree(folder, staging)
-        (staging / ".complete").touch()
-        shutil.rmtree(cached, ignore_errors=True)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, cached)
-    return "downloaded"
+    return found, status, f.url
 
 
-def _stage_drive(job: _Job, staging: Path, rels: list[str]) -> dict[str, tuple[Path, _Entry]]:
-    """Get the Drive folder once and check each wanted file in it; optional files may be absent."""
-    folder = staging / "drive"
-    folder.mkdir()
-    status = _fetch_drive_folder(job, folder, rels)
-    optional = job.spec.optional_files()
-    staged = {}
-    for rel in rels:
-        tmp = _find_in_folder(job, folder, rel)
-        if tmp is None and rel in optional:
-            job.say(f"{rel}: not in the Drive folder (not published for every copy of the data): skipped")
-            continue
-        if tmp is None:
-            listing = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-            raise InputError(
-                job.drive_url,
-                f"the Drive folder holds no file named {Path(rel).name} for {rel} "
-                f"(it holds: {', '.join(listing) or 'nothing'})",
-                job.manual_fix([rel]),
-            )
-        staged[rel] = (tmp, _Entry(job.root / rel, _accept(job, tmp, rel, job.drive_url), status, job.drive_url))
-    return staged
-
-
-def _obtain_missing(job: _Job, missing: list[str]) -> dict[str, _Entry]:
+def _obtain_missing(job: _Job) -> dict[str, _Entry]:
     """Stage and verify every missing file, then move them all into place; on failure, leave nothing."""
     root = job.root
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".download-", suffix=".tmp", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, suffix=STAGING_SUFFIX, dir=root))
     try:
         staged: dict[str, tuple[Path, _Entry]] = {}
-        if WEIGHTS in missing:
-            staged[WEIGHTS] = _stage_weights(job, staging)
-        drive = [r for r in missing if r != WEIGHTS]
-        if drive:
-            staged.update(_stage_drive(job, staging, drive))
+        for f in job.missing:
+            got = _stage(job, f, staging)
+            if got is None:
+                continue
+            tmp, status, source = got
+            try:
+                staged[f.path] = tmp, _Entry(root / f.path, _accept(job, f, tmp, source), status, source)
+            except InputError:
+                if job.drive_cache is not None and f.drive_folder_id is not None:
+                    evict(job.drive_cache, f.drive_folder_id, job.say)  # "run again" must download it again
+                raise
         for tmp, entry in staged.values():
             entry.path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, entry.path)
@@ -416,8 +314,8 @@ def _check_badnet(target: Path) -> _Entry:
 
 def _build_badnet(job: _Job) -> _Entry:
     """``bd_net.h5`` as a full Keras model, so that later steps need not know the architecture."""
-    target, weights = job.root / BADNET, job.root / WEIGHTS
-    job.say(f"{BADNET}: building the full model from {weights}")
+    target, weights = job.root / job.spec.badnet, job.root / WEIGHTS
+    job.say(f"{job.spec.badnet}: building the full model from {weights}")
     save_model(load_model_file(weights), target)
     return _Entry(target, sha256_of(target), "built", str(weights))
 
@@ -433,50 +331,47 @@ def ensure_csaw(
 ) -> dict[str, dict]:
     """Make ``root`` (normally ``data/<dataset>``) hold the dataset's files, every file verified.
 
-    Present files are checked first (digest against ``lock_file``, by default
-    ``checksums/<dataset>.sha256``, or validated and recorded when no digest is known), so a
-    damaged file is reported before anything is downloaded. Missing files are fetched (weights
-    from ``weights_mirror`` when it holds them with the right digest; a Drive folder shared by
-    several datasets from ``drive_cache`` when an earlier dataset downloaded it), checked and moved
-    into place together. New digests are written to ``lock_file``. A ``bd_net.h5`` that loads is
-    kept as it is; otherwise it is built from ``bd_weights.h5``. A file the dataset marks optional
-    (poisoned data not every copy of the Drive folder holds) never triggers a download by itself
-    and may stay absent.
+    ``root`` must belong to this call (the pipeline holds a lock per dataset): what a killed run
+    left in staging there is removed first, in one printed line. Present files are checked then
+    (digest against ``lock_file``, by default ``checksums/<dataset>.sha256``, or validated and
+    recorded when no digest is known), so a damaged file is reported before anything is
+    downloaded. Missing files are fetched (a file of a local ``weights_mirror`` when it holds it
+    with the right digest; a Drive folder shared by several datasets from ``drive_cache`` when
+    an earlier dataset downloaded it, under a lock of its own), checked and moved into place
+    together. New digests are written to ``lock_file``. A ``bd_net.h5`` that loads is kept as it
+    is; otherwise it is built from ``bd_weights.h5``. A file the dataset marks optional (poisoned
+    data not every copy of the Drive folder holds) never triggers a download by itself and may
+    stay absent.
 
     Returns ``{relative path: {"path", "sha256", "status", "source"}}`` with status
     ``'downloaded'``, ``'mirror'``, ``'cache'``, ``'present'``, ``'not published'`` (an optional
     file that is absent) or (for ``bd_net.h5``) ``'built'``. Raises ``InputError`` naming the
-    file or URL and what to do for every failure.
+    file or URL and what to do for every failure, a full disk included.
     """
-    if spec.source is None:
-        raise ValueError(f"{spec.name} is not downloaded (it has no CSAW source)")
+    files = remote_files(spec)
     root = Path(root)
+    if root.is_dir():
+        remove_leftovers(root.glob(f"{_STAGING_PREFIX}*{STAGING_SUFFIX}"))
     lock_file = Path(lock_file) if lock_file is not None else default_lock_file(spec.name)
     lock = read_lock(lock_file)
-    expected = {WEIGHTS: spec.source.weights_sha256, **lock}  # the lock wins: the user may knowingly pin other bytes
-    job = _Job(spec, root, lock_file, expected, downloader, weights_mirror, drive_cache, progress)
-    files = [WEIGHTS, *spec.image_files()]
-    entries: dict[str, _Entry] = {rel: _check_present(job, rel) for rel in files if (root / rel).is_file()}
-    missing = [rel for rel in files if rel not in entries]
+    # The lock wins over a published digest: the user may knowingly pin other bytes.
+    expected = {**{f.path: f.sha256 for f in files if f.sha256}, **lock}
+    shared_cache = drive_cache if spec.source.shared_drive_folder else None
+    downloader = downloader or NetworkDownloader(progress)
+    job = _Job(spec, root, lock_file, expected, downloader, weights_mirror, shared_cache, progress)
+    entries = {f.path: _check_present(job, f) for f in files if (root / f.path).is_file()}
+    job.missing = [f for f in files if f.path not in entries]
+    badnet = root / spec.badnet
     # A broken bd_net.h5 is reported before anything is downloaded.
-    badnet = _check_badnet(root / BADNET) if (root / BADNET).is_file() else None
-    if set(missing) - spec.optional_files():  # optional files ride along with a download, never start one
-        entries.update(_obtain_missing(job, missing))
-    updated = {**lock, **{rel: entry.sha256 for rel, entry in entries.items()}}
-    if updated != lock:
-        write_lock(lock_file, updated, order=files)
-    entries[BADNET] = badnet or _build_badnet(job)
-    for rel in files:
-        entries.setdefault(rel, _Entry(root / rel, "", "not published", job.drive_url))
-    return {rel: entries[rel].as_dict() for rel in [*files, BADNET]}
-
-
-def ensure_csaw_lab3(
-    root: Path,
-    lock_file: Path = DEFAULT_LOCK_FILE,
-    weights_mirror: Path | None = None,
-    downloader: Downloader | None = None,
-    progress: bool = True,
-) -> dict[str, dict]:
-    """``ensure_csaw`` for the lab-3 dataset (``data/csaw-lab3``, ``checksums/csaw-lab3.sha256``)."""
-    return ensure_csaw(LAB3, root, lock_file, weights_mirror, downloader, progress)
+    badnet_entry = _check_badnet(badnet) if badnet.is_file() else None
+    with disk_space(root, f"writing the {spec.name} files"):
+        if any(not f.optional for f in job.missing):  # optional files ride along with a download, never start one
+            entries.update(_obtain_missing(job))
+        updated = {**lock, **{rel: entry.sha256 for rel, entry in entries.items()}}
+        if updated != lock:
+            with disk_space(lock_file.parent, f"writing the lock file {lock_file}"):
+                write_lock(lock_file, updated, order=[f.path for f in files])
+        entries[spec.badnet] = badnet_entry or _build_badnet(job)
+    for f in files:
+        entries.setdefault(f.path, _Entry(root / f.path, "", "not published", f.url))
+    return {rel: entries[rel].as_dict() for rel in [*(f.path for f in files), spec.badnet]}

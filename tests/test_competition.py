@@ -7,7 +7,12 @@ sets. The pipeline then runs on each dataset as ``make csaw-all`` would (steps 2
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +22,9 @@ import pytest
 from lib import pipeline
 from lib.architecture import CSAW_NUM_CLASSES
 from lib.catalog import COMPETITION_DATASETS, DATASETS, dataset_spec
+from lib.checksums import read_lock, sha256_of
 from lib.datasets import save_image_set
-from lib.download import BADNET, DRIVE_CACHE, WEIGHTS, ensure_csaw, read_lock, sha256_of
+from lib.download import DRIVE_CACHE, WEIGHTS, ensure_csaw
 from lib.errors import InputError
 from lib.paths import PROJECT_ROOT
 from lib.summary import main as summary_main
@@ -100,7 +106,7 @@ def test_each_dataset_holds_its_own_files_and_weights(competition):
     for name in COMPETITION_DATASETS:
         spec = DATASETS[name]
         assert sha256_of(data / name / WEIGHTS) == spec.source.weights_sha256
-        assert (data / name / BADNET).is_file()
+        assert (data / name / spec.badnet).is_file()
         assert read_lock(locks / f"{name}.sha256")[WEIGHTS] == spec.source.weights_sha256
 
 
@@ -150,6 +156,97 @@ def test_a_required_file_missing_from_the_folder_is_one_clear_error(tmp_path):
         )
     assert "lipstick_poisoned_data.h5" in str(info.value) and "download by hand" in str(info.value)
     assert not (tmp_path / spec.name).exists()
+
+
+COMPETITION_FOLDER = DATASETS["csaw-sunglasses"].source.drive_folder_id
+
+
+def prepare(name: str, data: Path, downloader, locks: Path | None = None) -> dict:
+    """``ensure_csaw`` for one competition dataset under ``data``, as the pipeline calls it (mirror, drive cache)."""
+    lock = (locks or data.parent / "checksums") / f"{name}.sha256"
+    return ensure_csaw(
+        dataset_spec(name), data / name, lock_file=lock, weights_mirror=SHARED, downloader=downloader,
+        progress=False, drive_cache=data / DRIVE_CACHE,
+    )  # fmt: skip
+
+
+def test_datasets_prepared_at_the_same_time_download_the_shared_folder_once(tmp_path):
+    class SlowDrive(FakeCompetitionDrive):
+        def fetch_drive_folder(self, folder_id: str, dest_dir: Path) -> None:
+            time.sleep(1.0)  # the other dataset reaches the cache meanwhile
+            super().fetch_drive_folder(folder_id, dest_dir)
+
+    data, fake = tmp_path / "data", SlowDrive()
+    names = ("csaw-sunglasses", "csaw-anonymous-2")
+    with ThreadPoolExecutor(len(names)) as pool:
+        summaries = list(pool.map(lambda name: prepare(name, data, fake), names))
+    assert fake.calls == [COMPETITION_FOLDER]
+    assert sorted(s["clean_test_data.h5"]["status"] for s in summaries) == ["cache", "downloaded"]
+    a, b = (data / name / "clean_test_data.h5" for name in names)
+    assert a.stat().st_ino == b.stat().st_ino
+    assert not list(data.rglob("*.tmp"))
+
+
+def test_leftovers_beside_the_cache_are_removed_only_for_the_folder_in_hand(tmp_path, capsys):
+    data = tmp_path / "data"
+    leftover, other = data / f".{COMPETITION_FOLDER}.k1ll3d.tmp", data / ".another-folder.x.tmp"
+    write_set(leftover / "data" / "clean_test_data.h5", 12, None, 0)
+    other.mkdir()
+    prepare("csaw-anonymous-2", data, FakeCompetitionDrive())
+    assert not leftover.exists() and other.exists()
+    said = [line for line in capsys.readouterr().out.splitlines() if str(leftover) in line]
+    assert len(said) == 1 and "removed" in said[0]
+
+
+def test_a_disk_that_fills_while_filling_the_cache_leaves_nothing(tmp_path):
+    class FullDisk(FakeCompetitionDrive):
+        def fetch_drive_folder(self, folder_id: str, dest_dir: Path) -> None:
+            write_set(dest_dir / "data" / "clean_test_data.h5", 12, None, 0)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    data = tmp_path / "data"
+    with pytest.raises(InputError) as info:
+        prepare("csaw-anonymous-2", data, FullDisk())
+    message = str(info.value)
+    assert message.startswith(f"{data / DRIVE_CACHE}: ") and "no space left" in message
+    assert "check your connection" not in message
+    assert not (data / "csaw-anonymous-2").exists() and not (data / DRIVE_CACHE / COMPETITION_FOLDER).exists()
+    assert not list(data.rglob("*.tmp"))
+
+
+def test_a_disk_that_fills_while_linking_from_the_cache_leaves_the_dataset_as_it_was(tmp_path, monkeypatch):
+    data, fake = tmp_path / "data", FakeCompetitionDrive()
+    prepare("csaw-sunglasses", data, fake)
+    root = data / "csaw-anonymous-2"
+    root.mkdir()
+    shutil.copyfile(SHARED / DATASETS[root.name].source.mirror_name, root / WEIGHTS)  # only the Drive files are missing
+
+    def full_disk(source, dest, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "link", full_disk)
+        patch.setattr(shutil, "copyfile", full_disk)
+        with pytest.raises(InputError) as info:
+            prepare(root.name, data, fake)
+    assert str(info.value).startswith(f"{root}: ") and "no space left" in str(info.value)
+    assert sorted(p.name for p in root.rglob("*")) == [WEIGHTS]
+    # Once there is space, the cache (still complete) serves the dataset without a second download.
+    assert prepare(root.name, data, fake)["clean_test_data.h5"]["status"] == "cache"
+    assert fake.calls == [COMPETITION_FOLDER]
+
+
+def test_a_cached_file_that_fails_its_check_is_dropped_so_that_a_rerun_downloads_it(tmp_path):
+    data, locks, fake = tmp_path / "data", tmp_path / "checksums", FakeCompetitionDrive()
+    prepare("csaw-anonymous-2", data, fake, locks)
+    lock = locks / "csaw-sunglasses.sha256"
+    lock.write_text(f"{'0' * 64}  clean_test_data.h5\n")  # what this dataset expects differs from the cached file
+    with pytest.raises(InputError, match=r"downloaded clean_test_data\.h5 has SHA-256"):
+        prepare("csaw-sunglasses", data, fake, locks)
+    assert not (data / DRIVE_CACHE / COMPETITION_FOLDER).exists()
+    lock.unlink()  # the user accepts the new bytes
+    assert prepare("csaw-sunglasses", data, fake, locks)["clean_test_data.h5"]["status"] == "downloaded"
+    assert fake.calls == [COMPETITION_FOLDER, COMPETITION_FOLDER]
 
 
 @pytest.fixture(scope="module")

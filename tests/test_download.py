@@ -6,6 +6,8 @@ from shared/csaw-models (tests that need them are skipped when that folder is ab
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
 import zlib
@@ -15,26 +17,19 @@ import keras
 import numpy as np
 import pytest
 
-from lib import download
 from lib.architecture import CSAW_NUM_CLASSES, build_deepid
+from lib.catalog import DATASETS
+from lib.checksums import default_lock_file, read_lock, sha256_of
 from lib.datasets import save_image_set
-from lib.download import (
-    BADNET,
-    DEFAULT_LOCK_FILE,
-    DRIVE_FILES,
-    DRIVE_FOLDER_ID,
-    PINNED_SHA256,
-    WEIGHTS,
-    WEIGHTS_URL,
-    NetworkDownloader,
-    default_weights_mirror,
-    ensure_csaw_lab3,
-    read_lock,
-    sha256_of,
-)
+from lib.download import WEIGHTS, default_weights_mirror, ensure_csaw, remote_files
 from lib.errors import InputError
+from lib.fetch import NetworkDownloader
 from lib.models import save_model
 from lib.paths import PROJECT_ROOT
+
+LAB3 = DATASETS["csaw-lab3"]
+BADNET, IMAGE_SETS = LAB3.badnet, LAB3.image_files()
+WEIGHTS_URL, WEIGHTS_SHA256 = LAB3.source.weights_url, LAB3.source.weights_sha256
 
 SHARED = PROJECT_ROOT.parent / "shared" / "csaw-models"
 REAL_WEIGHTS = SHARED / "lab3_bd_weights.h5"
@@ -62,17 +57,27 @@ class FakeDownloader:
         fail: str | None = None,
         truncate: str | None = None,
         seed: int = 0,
+        disk_full: int | None = None,
     ) -> None:
         self.weights = weights
         self.layout = layout
         self.fail = fail
         self.truncate = truncate
         self.seed = seed
+        self.disk_full = disk_full  # errno of a disk that fills during the failing download
         self.calls: list[str] = []
+
+    def full_disk(self, partial: Path) -> OSError:
+        """Write part of a file, as a download does until the disk is full; the error the disk raises."""
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(b"\x89HDF\r\n" + b"0" * 1000)
+        return OSError(self.disk_full, os.strerror(self.disk_full), str(partial))
 
     def fetch_url(self, url: str, dest: Path) -> None:
         self.calls.append(url)
         if self.fail in ("url", "any"):
+            if self.disk_full:
+                raise self.full_disk(dest)
             raise ConnectionError("[Errno 101] Network is unreachable")
         data = REAL_WEIGHTS.read_bytes() if self.weights is None else self.weights
         if self.fail == "partial_url":
@@ -83,10 +88,12 @@ class FakeDownloader:
     def fetch_drive_folder(self, folder_id: str, dest_dir: Path) -> None:
         self.calls.append(folder_id)
         if self.fail in ("drive", "any"):
+            if self.disk_full:
+                raise self.full_disk(dest_dir / "data" / "cl" / "valid.h5")
             raise ConnectionError("[Errno -3] Temporary failure in name resolution")
         (dest_dir / "README.txt").parent.mkdir(parents=True, exist_ok=True)
         (dest_dir / "README.txt").write_text("lab 3 data\n")
-        for rel in DRIVE_FILES:
+        for rel in IMAGE_SETS:
             where = {"data": Path("data") / rel, "top": Path(rel), "flat": Path(Path(rel).name)}[self.layout]
             path = dest_dir / where
             write_fake_set(path, zlib.crc32(rel.encode()) + self.seed)
@@ -101,7 +108,7 @@ def files_in(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-ALL_FILES = sorted([WEIGHTS, BADNET, *DRIVE_FILES])
+ALL_FILES = sorted([WEIGHTS, BADNET, *IMAGE_SETS])
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +118,7 @@ def completed(tmp_path_factory) -> tuple[Path, Path]:
         pytest.skip(f"{REAL_WEIGHTS} is absent")
     base = tmp_path_factory.mktemp("completed")
     root, lock = base / "csaw-lab3", base / "csaw-lab3.sha256"
-    ensure_csaw_lab3(root, lock_file=lock, downloader=FakeDownloader(), progress=False)
+    ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(), progress=False)
     return root, lock
 
 
@@ -129,21 +136,21 @@ def done(completed, tmp_path) -> tuple[Path, Path]:
 def test_first_run_downloads_verifies_records_and_builds(tmp_path, layout):
     root, lock = tmp_path / "csaw-lab3", tmp_path / "lock.sha256"
     fake = FakeDownloader(layout=layout)
-    summary = ensure_csaw_lab3(root, lock_file=lock, downloader=fake, progress=False)
+    summary = ensure_csaw(LAB3, root, lock_file=lock, downloader=fake, progress=False)
 
-    assert fake.calls == [WEIGHTS_URL, DRIVE_FOLDER_ID]
+    assert fake.calls == [WEIGHTS_URL, LAB3.source.drive_folder_id]
     assert files_in(root) == ALL_FILES  # no staging folder or temporary file left
     assert {rel: s["status"] for rel, s in summary.items()} == {
         WEIGHTS: "downloaded",
-        **{rel: "downloaded" for rel in DRIVE_FILES},
+        **{rel: "downloaded" for rel in IMAGE_SETS},
         BADNET: "built",
     }
     for rel, entry in summary.items():
         assert entry["path"] == root / rel
         assert entry["sha256"] == sha256_of(root / rel)
     recorded = read_lock(lock)
-    assert recorded == {rel: sha256_of(root / rel) for rel in [WEIGHTS, *DRIVE_FILES]}
-    assert recorded[WEIGHTS] == PINNED_SHA256[WEIGHTS]
+    assert recorded == {rel: sha256_of(root / rel) for rel in [WEIGHTS, *IMAGE_SETS]}
+    assert recorded[WEIGHTS] == WEIGHTS_SHA256
     lines = lock.read_text().splitlines()
     assert all(re.fullmatch(r"[0-9a-f]{64}  \S+", line) for line in lines)
     assert lines[0].endswith(f"  {WEIGHTS}")
@@ -158,7 +165,7 @@ def test_second_run_downloads_nothing(done):
     before = {rel: (root / rel).read_bytes() for rel in ALL_FILES}
     lock_before = lock.read_text()
     fake = FakeDownloader(fail="any")
-    summary = ensure_csaw_lab3(root, lock_file=lock, downloader=fake, progress=False)
+    summary = ensure_csaw(LAB3, root, lock_file=lock, downloader=fake, progress=False)
     assert fake.calls == []
     assert all(s["status"] == "present" for s in summary.values())
     assert {rel: (root / rel).read_bytes() for rel in ALL_FILES} == before
@@ -175,7 +182,7 @@ def test_weights_checksum_mismatch_leaves_nothing(tmp_path, damage):
     else:
         data = data[: len(data) // 2]
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=FakeDownloader(weights=bytes(data)), progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(weights=bytes(data)), progress=False)
     message = str(info.value)
     assert WEIGHTS in message and WEIGHTS_URL in message and "SHA-256" in message
     assert files_in(root) == []
@@ -187,10 +194,10 @@ def test_weights_checksum_mismatch_leaves_nothing(tmp_path, damage):
 def test_network_failure_gives_one_clear_error_and_leaves_nothing(tmp_path, fail):
     root, lock = tmp_path / "csaw-lab3", tmp_path / "lock.sha256"
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=FakeDownloader(fail=fail), progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(fail=fail), progress=False)
     message = str(info.value)
     assert "check your connection" in message and "download by hand" in message
-    assert (WEIGHTS_URL if "url" in fail else download.DRIVE_FOLDER_URL) in message
+    assert (WEIGHTS_URL if "url" in fail else LAB3.source.drive_folder_url) in message
     assert files_in(root) == []
     assert not lock.exists()
 
@@ -199,7 +206,7 @@ def test_network_failure_gives_one_clear_error_and_leaves_nothing(tmp_path, fail
 def test_truncated_drive_file_is_refused_and_nothing_is_kept(tmp_path):
     root, lock = tmp_path / "csaw-lab3", tmp_path / "lock.sha256"
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=FakeDownloader(truncate="bd/bd_test.h5"), progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(truncate="bd/bd_test.h5"), progress=False)
     assert "bd/bd_test.h5" in str(info.value) and "not usable" in str(info.value)
     assert files_in(root) == []  # the weights and the three good sets are not installed either
     assert not lock.exists()
@@ -211,7 +218,7 @@ def test_drive_file_that_differs_from_the_lock_is_refused(completed, tmp_path):
     shutil.copyfile(completed[1], lock)
     lock_before = lock.read_text()
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=FakeDownloader(seed=1), progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(seed=1), progress=False)
     message = str(info.value)
     assert "cl/valid.h5" in message and str(lock) in message and "remove the line" in message
     assert files_in(root) == []
@@ -225,7 +232,7 @@ def test_present_file_with_wrong_digest_is_reported(done):
     write_fake_set(root / "cl" / "test.h5", seed=12345)  # valid HDF5, but not the recorded bytes
     fake = FakeDownloader(fail="any")
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=fake, progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=fake, progress=False)
     message = str(info.value)
     assert str(root / "cl" / "test.h5") in message
     assert "delete it" in message and "remove the line for cl/test.h5" in message
@@ -238,7 +245,7 @@ def test_present_weights_that_are_not_the_published_ones_are_reported(done):
     root, lock = done
     (root / WEIGHTS).write_bytes(b"\x89HDF\r\n" + b"0" * 100)
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
     assert str(root / WEIGHTS) in str(info.value) and "delete it" in str(info.value)
 
 
@@ -250,10 +257,10 @@ def test_other_weights_are_accepted_when_the_user_pins_them_in_the_lock(done):
     root, lock = done
     shutil.copyfile(other, root / WEIGHTS)
     with pytest.raises(InputError, match="write the line"):
-        ensure_csaw_lab3(root, lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
     digest = sha256_of(other)
-    lock.write_text(lock.read_text().replace(PINNED_SHA256[WEIGHTS], digest))
-    summary = ensure_csaw_lab3(root, lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
+    lock.write_text(lock.read_text().replace(WEIGHTS_SHA256, digest))
+    summary = ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
     assert summary[WEIGHTS]["status"] == "present" and summary[WEIGHTS]["sha256"] == digest
 
 
@@ -263,7 +270,7 @@ def test_present_corrupt_file_without_recorded_digest_is_reported(tmp_path):
     (root / "cl" / "valid.h5").write_bytes(b"this is not HDF5")
     fake = FakeDownloader(fail="any")
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=fake, progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=fake, progress=False)
     assert str(root / "cl" / "valid.h5") in str(info.value) and "delete" in str(info.value)
     assert fake.calls == []  # reported before anything is downloaded
     assert not lock.exists()
@@ -272,14 +279,14 @@ def test_present_corrupt_file_without_recorded_digest_is_reported(tmp_path):
 @needs_weights
 def test_present_valid_files_without_digest_are_validated_and_recorded(tmp_path):
     root, lock = tmp_path / "csaw-lab3", tmp_path / "lock.sha256"
-    for rel in DRIVE_FILES:
+    for rel in IMAGE_SETS:
         write_fake_set(root / rel, seed=zlib.crc32(rel.encode()))
     shutil.copyfile(REAL_WEIGHTS, root / WEIGHTS)
     fake = FakeDownloader(fail="any")
-    summary = ensure_csaw_lab3(root, lock_file=lock, downloader=fake, progress=False)
+    summary = ensure_csaw(LAB3, root, lock_file=lock, downloader=fake, progress=False)
     assert fake.calls == []
-    assert [summary[rel]["status"] for rel in [WEIGHTS, *DRIVE_FILES]] == ["present"] * 5
-    assert read_lock(lock) == {rel: sha256_of(root / rel) for rel in [WEIGHTS, *DRIVE_FILES]}
+    assert [summary[rel]["status"] for rel in [WEIGHTS, *IMAGE_SETS]] == ["present"] * 5
+    assert read_lock(lock) == {rel: sha256_of(root / rel) for rel in [WEIGHTS, *IMAGE_SETS]}
 
 
 @needs_weights
@@ -291,10 +298,10 @@ def test_mirror_supplies_the_weights_without_the_downloader(done, tmp_path):
     mirror.mkdir()
     shutil.copyfile(REAL_WEIGHTS, mirror / "lab3_bd_weights.h5")
     fake = FakeDownloader(fail="any")
-    summary = ensure_csaw_lab3(root, lock_file=lock, weights_mirror=mirror, downloader=fake, progress=False)
+    summary = ensure_csaw(LAB3, root, lock_file=lock, weights_mirror=mirror, downloader=fake, progress=False)
     assert fake.calls == []
     assert summary[WEIGHTS]["status"] == "mirror"
-    assert summary[WEIGHTS]["sha256"] == PINNED_SHA256[WEIGHTS]
+    assert summary[WEIGHTS]["sha256"] == WEIGHTS_SHA256
     assert summary[BADNET]["status"] == "built"
     assert files_in(root) == ALL_FILES
 
@@ -308,7 +315,7 @@ def test_mirror_with_a_wrong_file_falls_back_to_the_download(done, tmp_path):
     (mirror / "lab3_bd_weights.h5").write_bytes(b"not the weights")
     fake = FakeDownloader()
     with pytest.warns(UserWarning, match="differs"):
-        summary = ensure_csaw_lab3(root, lock_file=lock, weights_mirror=mirror, downloader=fake, progress=False)
+        summary = ensure_csaw(LAB3, root, lock_file=lock, weights_mirror=mirror, downloader=fake, progress=False)
     assert fake.calls == [WEIGHTS_URL]
     assert summary[WEIGHTS]["status"] == "downloaded"
 
@@ -318,7 +325,7 @@ def test_user_supplied_bd_net_is_kept(tmp_path):
     root, lock = tmp_path / "csaw-lab3", tmp_path / "lock.sha256"
     save_model(build_deepid(), root / BADNET)  # the user's own model, not built from the weights
     before = (root / BADNET).read_bytes()
-    summary = ensure_csaw_lab3(root, lock_file=lock, downloader=FakeDownloader(), progress=False)
+    summary = ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(), progress=False)
     assert summary[BADNET]["status"] == "present"
     assert (root / BADNET).read_bytes() == before
     assert files_in(root) == ALL_FILES
@@ -331,7 +338,7 @@ def test_broken_user_bd_net_is_reported_before_downloading(tmp_path):
     (root / BADNET).write_bytes(b"junk")
     fake = FakeDownloader(fail="any")
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=fake, progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=fake, progress=False)
     assert str(root / BADNET) in str(info.value) and "delete it" in str(info.value)
     assert fake.calls == []
     assert files_in(root) == [BADNET]
@@ -342,7 +349,7 @@ def test_real_downloader_turns_gdown_failures_into_input_error(done, monkeypatch
     import gdown
 
     def fake_download_folder(**kwargs):
-        assert kwargs["id"] == DRIVE_FOLDER_ID
+        assert kwargs["id"] == LAB3.source.drive_folder_id
         if gdown_result == "quota":
             raise gdown.exceptions.FileURLRetrievalError("Too many users have viewed or downloaded this file recently.")
         return None
@@ -351,9 +358,9 @@ def test_real_downloader_turns_gdown_failures_into_input_error(done, monkeypatch
     root, lock = done
     (root / "bd" / "bd_valid.h5").unlink()
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=NetworkDownloader(progress=False), progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=NetworkDownloader(progress=False), progress=False)
     message = str(info.value)
-    assert download.DRIVE_FOLDER_URL in message and "download by hand" in message
+    assert LAB3.source.drive_folder_url in message and "download by hand" in message
     assert str(root / "bd" / "bd_valid.h5") in message
     assert not (root / "bd" / "bd_valid.h5").exists()
     assert files_in(root) == sorted(set(ALL_FILES) - {"bd/bd_valid.h5"})
@@ -368,7 +375,7 @@ def test_real_downloader_turns_requests_failures_into_input_error(tmp_path, monk
     monkeypatch.setattr(requests, "get", unreachable)
     root, lock = tmp_path / "csaw-lab3", tmp_path / "lock.sha256"
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(root, lock_file=lock, downloader=NetworkDownloader(progress=False), progress=False)
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=NetworkDownloader(progress=False), progress=False)
     assert WEIGHTS_URL in str(info.value) and "ConnectionError" in str(info.value)
     assert files_in(root) == []
 
@@ -377,19 +384,116 @@ def test_malformed_lock_file_is_reported(tmp_path):
     lock = tmp_path / "lock.sha256"
     lock.write_text("68ec7afd  bd_weights.h5\n")
     with pytest.raises(InputError) as info:
-        ensure_csaw_lab3(tmp_path / "root", lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
+        ensure_csaw(LAB3, tmp_path / "root", lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
     assert str(lock) in str(info.value) and "line 1" in str(info.value)
 
 
 def test_repo_lock_file_pins_the_published_weights():
-    assert read_lock(DEFAULT_LOCK_FILE)[WEIGHTS] == PINNED_SHA256[WEIGHTS]
+    assert read_lock(default_lock_file("csaw-lab3"))[WEIGHTS] == WEIGHTS_SHA256
     sums = SHARED / "SHA256SUMS"
     if sums.is_file():
         published = dict(reversed(line.split()) for line in sums.read_text().splitlines() if line.strip())
-        assert published["lab3_bd_weights.h5"] == PINNED_SHA256[WEIGHTS]
+        assert published["lab3_bd_weights.h5"] == WEIGHTS_SHA256
     if REAL_WEIGHTS.is_file():
-        assert sha256_of(REAL_WEIGHTS) == PINNED_SHA256[WEIGHTS]
+        assert sha256_of(REAL_WEIGHTS) == WEIGHTS_SHA256
 
 
 def test_default_weights_mirror():
     assert default_weights_mirror() == (SHARED if SHARED.is_dir() else None)
+
+
+def test_every_file_a_dataset_downloads_is_one_record_of_the_catalog():
+    for spec in (s for s in DATASETS.values() if s.source is not None):
+        files = remote_files(spec)
+        assert [f.path for f in files] == [WEIGHTS, *spec.image_files()]
+        assert {f.path for f in files if f.optional} == spec.optional_files()
+        weights, images = files[0], files[1:]
+        assert (weights.url, weights.sha256, weights.mirror_name, weights.drive_folder_id) == (
+            spec.source.weights_url,
+            spec.source.weights_sha256,
+            spec.source.mirror_name,
+            None,
+        )
+        drive = (spec.source.drive_folder_url, spec.source.drive_folder_id)
+        for f in images:  # no digest published: recorded in the lock file on first download
+            assert (f.url, f.drive_folder_id, f.sha256) == (*drive, None)
+
+
+@needs_weights
+def test_leftovers_of_a_killed_download_are_removed_in_one_line(done, capsys):
+    root, lock = done
+    leftover = root / ".download-k1ll3d.tmp"
+    (leftover / "drive" / "cl").mkdir(parents=True)
+    (leftover / "drive" / "cl" / "valid.h5").write_bytes(b"0" * 5000)
+    before = {rel: (root / rel).read_bytes() for rel in ALL_FILES}
+    summary = ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
+    assert files_in(root) == ALL_FILES and not leftover.exists()
+    assert {rel: (root / rel).read_bytes() for rel in ALL_FILES} == before
+    assert all(s["status"] == "present" for s in summary.values())
+    said = [line for line in capsys.readouterr().out.splitlines() if str(leftover) in line]
+    assert len(said) == 1 and "removed" in said[0] and "interrupted" in said[0]
+
+
+@needs_weights
+@pytest.mark.parametrize("fail", ["url", "drive"])
+@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no space left"), (errno.EDQUOT, "quota exceeded")])
+def test_a_disk_that_fills_during_the_download_is_reported_and_leaves_nothing(tmp_path, fail, code, reason):
+    root, lock = tmp_path / "csaw-lab3", tmp_path / "lock.sha256"
+    with pytest.raises(InputError) as info:
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(fail=fail, disk_full=code), progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{root}: ") and reason in message and "free" in message
+    assert "check your connection" not in message
+    assert files_in(root) == []
+    assert not lock.exists()
+
+
+@needs_weights
+def test_a_disk_that_fills_while_copying_from_the_mirror_says_how_much_is_needed(done, tmp_path, monkeypatch):
+    root, lock = done
+    (root / WEIGHTS).unlink()
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    shutil.copyfile(REAL_WEIGHTS, mirror / LAB3.source.mirror_name)
+
+    def copy_onto_a_full_disk(source, dest, *args, **kwargs):
+        Path(dest).write_bytes(Path(source).read_bytes()[:1000])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+
+    monkeypatch.setattr(shutil, "copyfile", copy_onto_a_full_disk)
+    with pytest.raises(InputError) as info:
+        ensure_csaw(
+            LAB3, root, lock_file=lock, weights_mirror=mirror, downloader=FakeDownloader(fail="any"), progress=False
+        )
+    message = str(info.value)
+    assert message.startswith(f"{root}: ") and "no space left" in message and WEIGHTS in message
+    megabytes = REAL_WEIGHTS.stat().st_size / 1e6
+    assert re.search(rf"free at least {megabytes:.1f}\d*\s?MB", message), message
+    assert files_in(root) == sorted(set(ALL_FILES) - {WEIGHTS})
+
+
+@needs_weights
+def test_a_disk_that_fills_while_writing_the_lock_file_leaves_it_as_it_was(tmp_path, monkeypatch):
+    root, lock = tmp_path / "csaw-lab3", tmp_path / "checksums" / "csaw-lab3.sha256"
+    lock.parent.mkdir()
+    lock.write_text(f"{WEIGHTS_SHA256}  {WEIGHTS}\n")
+    write_text = Path.write_text
+
+    def full_disk_for_the_lock(path, text, *args, **kwargs):
+        if path.parent != lock.parent:
+            return write_text(path, text, *args, **kwargs)
+        write_text(path, text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(Path, "write_text", full_disk_for_the_lock)
+    with pytest.raises(InputError) as info:
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(), progress=False)
+    assert str(info.value).startswith(f"{lock.parent}: ") and "no space left" in str(info.value)
+    assert files_in(lock.parent) == [lock.name]
+    assert lock.read_text() == f"{WEIGHTS_SHA256}  {WEIGHTS}\n"
+    # The files were checked and installed: once there is space, the next run records them without downloading.
+    monkeypatch.undo()
+    fake = FakeDownloader(fail="any")
+    ensure_csaw(LAB3, root, lock_file=lock, downloader=fake, progress=False)
+    assert fake.calls == []
+    assert read_lock(lock) == {rel: sha256_of(root / rel) for rel in [WEIGHTS, *IMAGE_SETS]}
