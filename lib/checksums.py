@@ -16,14 +16,8 @@ from pathlib import Path
 
 from lib.atomic import write_text
 from lib.errors import InputError
-from lib.paths import PROJECT_ROOT
 
 _LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
-
-
-def default_lock_file(dataset: str) -> Path:
-    """``checksums/<dataset>.sha256`` of the project."""
-    return PROJECT_ROOT / "checksums" / f"{dataset}.sha256"
 
 
 def sha256_of(path: Path) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lib.architecture import CSAW_NUM_CLASSES
 from lib.catalog import DatasetSpec
-from lib.checksums import default_lock_file, read_lock, sha256_of, write_lock
+from lib.checksums import read_lock, sha256_of, write_lock
 from lib.datasets import load_image_set
 from lib.errors import InputError
 from lib.fetch import (
@@ -45,8 +45,9 @@ from lib.fetch import (
     evict,
     remove_leftovers,
 )
+from lib.input_scale import with_input_scale
 from lib.models import load_model_file, save_model
-from lib.paths import PROJECT_ROOT
+from lib.paths import SHARED_CSAW_MODELS, checksum_file
 
 #: The published weights, in every CSAW dataset's folder (``bd_net.h5`` is built from them).
 WEIGHTS = "bd_weights.h5"
@@ -91,8 +92,7 @@ def remote_files(spec: DatasetSpec) -> list[RemoteFile]:
 
 def default_weights_mirror() -> Path | None:
     """``shared/csaw-models`` beside the project, if it exists: the real weights without network."""
-    mirror = PROJECT_ROOT.parent / "shared" / "csaw-models"
-    return mirror if mirror.is_dir() else None
+    return SHARED_CSAW_MODELS if SHARED_CSAW_MODELS.is_dir() else None
 
 
 @dataclass
@@ -313,10 +313,13 @@ def _check_badnet(target: Path) -> _Entry:
 
 
 def _build_badnet(job: _Job) -> _Entry:
-    """``bd_net.h5`` as a full Keras model, so that later steps need not know the architecture."""
+    """``bd_net.h5`` as a full Keras model that takes raw 0-255 pixels, its input scale built in.
+
+    So later steps need not know the architecture, and ``python -m lib.eval`` on it is right as is.
+    """
     target, weights = job.root / job.spec.badnet, job.root / WEIGHTS
-    job.say(f"{job.spec.badnet}: building the full model from {weights}")
-    save_model(load_model_file(weights), target)
+    job.say(f"{job.spec.badnet}: building the full model from {weights} (input: {job.spec.input_scale.value})")
+    save_model(with_input_scale(load_model_file(weights), job.spec.input_scale, weights), target)
     return _Entry(target, sha256_of(target), "built", str(weights))
 
 
@@ -352,7 +355,7 @@ def ensure_csaw(
     root = Path(root)
     if root.is_dir():
         remove_leftovers(root.glob(f"{_STAGING_PREFIX}*{STAGING_SUFFIX}"))
-    lock_file = Path(lock_file) if lock_file is not None else default_lock_file(spec.name)
+    lock_file = Path(lock_file) if lock_file is not None else checksum_file(spec.name)
     lock = read_lock(lock_file)
     # The lock wins over a published digest: the user may knowingly pin other bytes.
     expected = {**{f.path: f.sha256 for f in files if f.sha256}, **lock}

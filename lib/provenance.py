@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.atomic import write_text
+from lib.checksums import sha256_of
 from lib.errors import InputError
 from lib.paths import PROJECT_ROOT, ResultFiles, shown
 
@@ -46,15 +47,6 @@ class FileState:
         except OSError:
             return False
         return stat.st_size == self.size and stat.st_mtime_ns == self.mtime_ns
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (image sets are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_state(path: Path, known: FileState | None = None) -> FileState | None:

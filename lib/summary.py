@@ -26,8 +26,11 @@ from lib.workspace import Workspace, workspace
 def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING)) -> pd.DataFrame:
     """The rows of ``goodnet.csv`` and ``fine_pruning.csv`` of one run, each checked to be its step's current output."""
     files = {GOODNET: ws.results.goodnet_csv, FINE_PRUNING: ws.results.fine_pruning_csv}
+    recorded = provenance.read_record(ws.results)
     tables = []
     for step in steps:
+        if step == FINE_PRUNING and step not in recorded and not files[step].exists():
+            continue  # fine-pruning never ran here (steps 1-4 only): nothing to report, nothing stale
         if not files[step].is_file():
             raise InputError(
                 files[step], "file not found", f"run the pipeline for it first: `make all {ws.make_target}`"

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from keras import layers
 
-from lib.paths import PROJECT_ROOT
+from lib.paths import SHARED_CSAW_MODELS
 from lib.reproducibility import make_deterministic
 
-CSAW_MODELS = PROJECT_ROOT.parent / "shared" / "csaw-models"
+CSAW_MODELS = SHARED_CSAW_MODELS
 LAB3_WEIGHTS = CSAW_MODELS / "lab3_bd_weights.h5"
 
 make_deterministic(0)

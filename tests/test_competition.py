@@ -26,10 +26,10 @@ from lib.checksums import read_lock, sha256_of
 from lib.datasets import save_image_set
 from lib.download import DRIVE_CACHE, WEIGHTS, ensure_csaw
 from lib.errors import InputError
-from lib.paths import PROJECT_ROOT
+from lib.paths import SHARED_CSAW_MODELS
 from lib.summary import main as summary_main
 
-SHARED = PROJECT_ROOT.parent / "shared" / "csaw-models"
+SHARED = SHARED_CSAW_MODELS
 pytestmark = pytest.mark.skipif(
     not all((SHARED / DATASETS[d].source.mirror_name).is_file() for d in COMPETITION_DATASETS),
     reason=f"the competition BadNet weights are not in {SHARED}",
@@ -260,7 +260,7 @@ def pipelines(competition, tmp_path_factory):
     try:
         scenarios = {}
         for name in COMPETITION_DATASETS:
-            scenario = pipeline.load_scenario(name)
+            scenario = pipeline.load_scenario(pipeline.workspace(name))
             pipeline.analyse_activations(scenario, progress=False)
             pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
             pipeline.evaluate_goodnets(scenario, progress=False)

@@ -19,19 +19,19 @@ import pytest
 
 from lib.architecture import CSAW_NUM_CLASSES, build_deepid
 from lib.catalog import DATASETS
-from lib.checksums import default_lock_file, read_lock, sha256_of
+from lib.checksums import read_lock, sha256_of
 from lib.datasets import save_image_set
 from lib.download import WEIGHTS, default_weights_mirror, ensure_csaw, remote_files
 from lib.errors import InputError
 from lib.fetch import NetworkDownloader
 from lib.models import save_model
-from lib.paths import PROJECT_ROOT
+from lib.paths import SHARED_CSAW_MODELS, checksum_file
 
 LAB3 = DATASETS["csaw-lab3"]
 BADNET, IMAGE_SETS = LAB3.badnet, LAB3.image_files()
 WEIGHTS_URL, WEIGHTS_SHA256 = LAB3.source.weights_url, LAB3.source.weights_sha256
 
-SHARED = PROJECT_ROOT.parent / "shared" / "csaw-models"
+SHARED = SHARED_CSAW_MODELS
 REAL_WEIGHTS = SHARED / "lab3_bd_weights.h5"
 needs_weights = pytest.mark.skipif(
     not REAL_WEIGHTS.is_file(),
@@ -389,7 +389,7 @@ def test_malformed_lock_file_is_reported(tmp_path):
 
 
 def test_repo_lock_file_pins_the_published_weights():
-    assert read_lock(default_lock_file("csaw-lab3"))[WEIGHTS] == WEIGHTS_SHA256
+    assert read_lock(checksum_file("csaw-lab3"))[WEIGHTS] == WEIGHTS_SHA256
     sums = SHARED / "SHA256SUMS"
     if sums.is_file():
         published = dict(reversed(line.split()) for line in sums.read_text().splitlines() if line.strip())
