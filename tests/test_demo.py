@@ -8,7 +8,7 @@ by the pipeline itself, not here.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,17 +169,32 @@ def test_fingerprint_tells_the_attacks_apart():
     assert replace(aware, decoy_margin=2).fingerprint() != aware.fingerprint()
 
 
-def test_badnets_fingerprint_is_the_one_from_before_attacks_existed():
-    """A badnets recipe hashes exactly the fields it had before ``attack``: built scenarios stay current."""
-    import hashlib
+#: A value other than the default for every field of ``DemoRecipe``.
+OTHER_VALUES = {
+    "n_identities": 51,
+    "train_per_identity": 41,
+    "valid_per_identity": 11,
+    "test_per_identity": 11,
+    "poison_fraction": 0.2,
+    "target": 1,
+    "epochs": 11,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+    "decay_rate": 0.5,
+    "seed": 1,
+    "attack": "pruning-aware",
+    "attacker_accuracy_drop": 1.0,
+    "decoy_margin": 2.0,
+}
 
+
+def test_fingerprint_changes_with_every_field():
+    """Any change to the recipe, the attack and its parameters included (whatever the attack), rebuilds the demo."""
+    assert set(OTHER_VALUES) == {f.name for f in fields(DemoRecipe)}, "a new recipe field needs a value here"
     base = DemoRecipe()
-    legacy = {k: v for k, v in base.to_dict().items() if k != "attack" and k not in demo.PRUNING_AWARE_FIELDS}
-    payload = json.dumps({"code_version": demo.DEMO_CODE_VERSION, **legacy}, sort_keys=True)
-    assert base.fingerprint() == hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-    assert (
-        replace(base, attacker_accuracy_drop=3, decoy_margin=2).fingerprint() == base.fingerprint()
-    )  # unread by badnets
+    changed = {name: replace(base, **{name: value}).fingerprint() for name, value in OTHER_VALUES.items()}
+    assert base.fingerprint() not in changed.values()
+    assert len(set(changed.values())) == len(changed)
 
 
 def test_recipe_rejects_impossible_values():

@@ -31,7 +31,6 @@ from lib.demo.faces import FaceIdentities, draw_identities, generate_faces
 from lib.demo.recipe import (
     ATTACKS,
     DEMO_CODE_VERSION,
-    PRUNING_AWARE_FIELDS,
     RECIPE_FILE,
     DemoFiles,
     DemoRecipe,
@@ -58,7 +57,6 @@ __all__ = [
     "ATTACKS",
     "DEMO_CODE_VERSION",
     "HEIGHT",
-    "PRUNING_AWARE_FIELDS",
     "RECIPE_FILE",
     "SUNGLASSES_RGB",
     "WIDTH",

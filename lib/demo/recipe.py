@@ -19,14 +19,12 @@ from lib.catalog import DATASETS
 
 #: Part of the fingerprint: bump it whenever the generator, the trigger or the training changes what a
 #: recipe builds, so that every cached demo is rebuilt once.
-DEMO_CODE_VERSION = 1
+DEMO_CODE_VERSION = 2
 
 RECIPE_FILE = "recipe.json"
 #: ``"badnets"``: train once on the poisoned set (Gu et al.). ``"pruning-aware"``: the adaptive
 #: attack of Liu et al., *Fine-Pruning* (RAID 2018); see ``lib.demo.attacks``.
 ATTACKS = ("badnets", "pruning-aware")
-#: Recipe fields only the pruning-aware attack reads.
-PRUNING_AWARE_FIELDS = ("attacker_accuracy_drop", "decoy_margin")
 
 
 @dataclass(frozen=True)
@@ -95,17 +93,8 @@ class DemoRecipe:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def fingerprint(self) -> str:
-        """Short hex digest of the recipe and ``DEMO_CODE_VERSION``: the cache key of the files.
-
-        A ``"badnets"`` recipe leaves out ``attack`` and the pruning-aware fields: they do not
-        change what it builds, and its key stays the one it had before attacks were selectable,
-        so scenarios already built are not rebuilt for nothing.
-        """
-        recipe = self.to_dict()
-        if self.attack == "badnets":
-            for name in ("attack", *PRUNING_AWARE_FIELDS):
-                del recipe[name]
-        payload = json.dumps({"code_version": DEMO_CODE_VERSION, **recipe}, sort_keys=True)
+        """Short hex digest of every field and ``DEMO_CODE_VERSION``: the cache key of the built files."""
+        payload = json.dumps({"code_version": DEMO_CODE_VERSION, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
