@@ -1,4 +1,4 @@
-"""Prune conv channels in a copy of a Keras model: zero the channel's kernel slice and bias.
+"""Prune conv channels in a copy of a Keras model: zero the channel's kernel slice and bias (or copy them back).
 
 With a ReLU after the convolution, a zeroed channel outputs exactly 0 everywhere, and so does the
 matching channel of the max-pooling layer after it; ``lib.sweep`` relies on that.
@@ -23,6 +23,26 @@ def zero_channels(conv: keras.layers.Layer, channels: np.ndarray) -> None:
         bias = conv.bias.numpy().copy()
         bias[channels] = 0.0
         conv.bias.assign(bias)
+
+
+def copy_channels(source: keras.layers.Layer, target: keras.layers.Layer, channels: np.ndarray) -> None:
+    """Give the given output channels of conv layer ``target`` the kernel slice and bias they have in ``source``.
+
+    In place, on ``target`` only; the two layers must have the same kernel shape. Undoes
+    ``zero_channels`` when ``source`` is the layer as it was before.
+    """
+    if tuple(source.kernel.shape) != tuple(target.kernel.shape):
+        raise ValueError(
+            f"cannot copy channels from {source.name!r} {tuple(source.kernel.shape)} "
+            f"to {target.name!r} {tuple(target.kernel.shape)}: the kernels differ in shape"
+        )
+    kernel = target.kernel.numpy().copy()
+    kernel[..., channels] = source.kernel.numpy()[..., channels]
+    target.kernel.assign(kernel)
+    if target.use_bias:
+        bias = target.bias.numpy().copy()
+        bias[channels] = source.bias.numpy()[channels]
+        target.bias.assign(bias)
 
 
 def prune_channels(model: keras.Model, conv_layer: str, channels: Iterable[int]) -> keras.Model:

@@ -8,17 +8,26 @@ by the pipeline itself, not here.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lib import demo
+from lib.catalog import DATASETS
 from lib.datasets import load_image_set
-from lib.demo import DemoRecipe, build_demo_scenario, ensure_demo_scenario, generate_faces, stamp_sunglasses
+from lib.demo import (
+    DemoRecipe,
+    attacks,
+    build_demo_scenario,
+    demo_files,
+    ensure_demo_scenario,
+    generate_faces,
+    stamp_sunglasses,
+)
+from lib.demo import recipe as recipe_module
 from lib.models import load_model_file
-from lib.paths import DatasetFiles
 
 TINY = DemoRecipe(
     n_identities=5, train_per_identity=8, valid_per_identity=3, test_per_identity=2, epochs=1, batch_size=16, seed=7
@@ -142,7 +151,7 @@ def test_fingerprint_tracks_every_field_and_the_code_version(monkeypatch):
     }
     assert base.fingerprint() not in changed and len(changed) == 3
     before = base.fingerprint()
-    monkeypatch.setattr(demo, "DEMO_CODE_VERSION", demo.DEMO_CODE_VERSION + 1)
+    monkeypatch.setattr(recipe_module, "DEMO_CODE_VERSION", recipe_module.DEMO_CODE_VERSION + 1)
     assert base.fingerprint() != before
 
 
@@ -160,17 +169,32 @@ def test_fingerprint_tells_the_attacks_apart():
     assert replace(aware, decoy_margin=2).fingerprint() != aware.fingerprint()
 
 
-def test_badnets_fingerprint_is_the_one_from_before_attacks_existed():
-    """A badnets recipe hashes exactly the fields it had before ``attack``: built scenarios stay current."""
-    import hashlib
+#: A value other than the default for every field of ``DemoRecipe``.
+OTHER_VALUES = {
+    "n_identities": 51,
+    "train_per_identity": 41,
+    "valid_per_identity": 11,
+    "test_per_identity": 11,
+    "poison_fraction": 0.2,
+    "target": 1,
+    "epochs": 11,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+    "decay_rate": 0.5,
+    "seed": 1,
+    "attack": "pruning-aware",
+    "attacker_accuracy_drop": 1.0,
+    "decoy_margin": 2.0,
+}
 
+
+def test_fingerprint_changes_with_every_field():
+    """Any change to the recipe, the attack and its parameters included (whatever the attack), rebuilds the demo."""
+    assert set(OTHER_VALUES) == {f.name for f in fields(DemoRecipe)}, "a new recipe field needs a value here"
     base = DemoRecipe()
-    legacy = {k: v for k, v in base.to_dict().items() if k != "attack" and k not in demo.PRUNING_AWARE_FIELDS}
-    payload = json.dumps({"code_version": demo.DEMO_CODE_VERSION, **legacy}, sort_keys=True)
-    assert base.fingerprint() == hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-    assert (
-        replace(base, attacker_accuracy_drop=3, decoy_margin=2).fingerprint() == base.fingerprint()
-    )  # unread by badnets
+    changed = {name: replace(base, **{name: value}).fingerprint() for name, value in OTHER_VALUES.items()}
+    assert base.fingerprint() not in changed.values()
+    assert len(set(changed.values())) == len(changed)
 
 
 def test_recipe_rejects_impossible_values():
@@ -196,8 +220,8 @@ def test_training_set_holds_the_poisoned_extra_images():
 
 
 def test_triggered_sets_are_non_target_clean_images_with_glasses(tiny_root):
-    files = DatasetFiles(tiny_root)
-    for clean_path, bd_path in ((files.clean_valid, files.poisoned_valid), (files.clean_test, files.poisoned_test)):
+    files = demo_files(tiny_root)
+    for clean_path, bd_path in ((files.clean_valid, files.triggered_valid), (files.clean_test, files.triggered_test)):
         clean = load_image_set(clean_path, num_classes=TINY.n_identities)
         bd = load_image_set(bd_path, num_classes=TINY.n_identities)
         assert bd.orig_labels is not None
@@ -213,7 +237,7 @@ def test_triggered_sets_are_non_target_clean_images_with_glasses(tiny_root):
 
 
 def test_written_files_load_with_the_project_loaders(tiny_root):
-    files = DatasetFiles(tiny_root)
+    files = demo_files(tiny_root)
     assert files.missing() == []
     valid = load_image_set(files.clean_valid, num_classes=TINY.n_identities)
     test = load_image_set(files.clean_test, num_classes=TINY.n_identities)
@@ -230,12 +254,19 @@ def test_written_files_load_with_the_project_loaders(tiny_root):
     assert not list(tiny_root.rglob(".*tmp*"))  # no temporary files left behind
 
 
+@pytest.mark.parametrize("dataset", ["demo", "demo-pruning-aware"])
+def test_the_files_written_are_the_ones_the_catalog_lists(tiny_root, dataset):
+    spec = DATASETS[dataset]
+    written = {path.relative_to(tiny_root).as_posix() for path in tiny_root.rglob("*.h5")}
+    assert written == {*spec.image_files(), spec.badnet}
+
+
 def test_same_recipe_gives_the_same_files(tiny_root, tmp_path):
     again = tmp_path / "again"
     build_demo_scenario(again, TINY, progress=False)
-    a, b = DatasetFiles(tiny_root), DatasetFiles(again)
-    for role in ("clean_valid", "clean_test", "poisoned_valid", "poisoned_test"):
-        x, y = load_image_set(a.all()[role]), load_image_set(b.all()[role])
+    a, b = demo_files(tiny_root), demo_files(again)
+    for role in ("clean_valid", "clean_test", "triggered_valid", "triggered_test"):
+        x, y = load_image_set(getattr(a, role)), load_image_set(getattr(b, role))
         assert np.array_equal(x.images, y.images) and np.array_equal(x.labels, y.labels)
         assert (x.orig_labels is None and y.orig_labels is None) or np.array_equal(x.orig_labels, y.orig_labels)
     wa, wb = load_model_file(a.badnet).get_weights(), load_model_file(b.badnet).get_weights()
@@ -250,13 +281,13 @@ def test_same_recipe_gives_the_same_files(tiny_root, tmp_path):
 def count_training(monkeypatch) -> list[DemoRecipe]:
     """Record every training run (and still train: the files must be real)."""
     calls: list[DemoRecipe] = []
-    real = demo.train_badnet
+    real = attacks.train_badnet
 
     def counted(data, recipe, progress=True):
         calls.append(recipe)
         return real(data, recipe, progress)
 
-    monkeypatch.setattr(demo, "train_badnet", counted)
+    monkeypatch.setattr(attacks, "train_badnet", counted)
     return calls
 
 
@@ -279,7 +310,7 @@ def test_ensure_rebuilds_on_a_recipe_change_or_a_missing_file(tmp_path, count_tr
     assert json.loads((root / "recipe.json").read_text())["fingerprint"] == other.fingerprint()
     (root / "bd" / "bd_test.h5").unlink()
     ensure_demo_scenario(root, other, progress=False)
-    assert len(count_training) == 3 and DatasetFiles(root).missing() == []
+    assert len(count_training) == 3 and demo_files(root).missing() == []
 
 
 def test_interrupted_build_is_rebuilt(tmp_path, monkeypatch):
@@ -288,7 +319,7 @@ def test_interrupted_build_is_rebuilt(tmp_path, monkeypatch):
     def interrupted(data, recipe, progress=True):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "train_badnet", interrupted)
+    monkeypatch.setattr(attacks, "train_badnet", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ensure_demo_scenario(root, TINY, progress=False)
     assert not (root / "recipe.json").exists()  # so the next call cannot mistake it for finished
@@ -312,12 +343,12 @@ def _summary(root: Path) -> dict:
 
 
 def _conv3(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    conv = load_model_file(DatasetFiles(root).badnet).get_layer("conv_3")
+    conv = load_model_file(demo_files(root).badnet).get_layer("conv_3")
     return conv.kernel.numpy(), conv.bias.numpy()
 
 
 def test_pruning_aware_build_writes_the_scenario_and_records_its_decoys(aware_root):
-    assert DatasetFiles(aware_root).missing() == []
+    assert demo_files(aware_root).missing() == []
     record = json.loads((aware_root / "recipe.json").read_text())
     assert record["fingerprint"] == AWARE.fingerprint() and DemoRecipe.from_dict(record["recipe"]) == AWARE
     summary = record["summary"]
@@ -333,8 +364,8 @@ def test_pruning_aware_build_writes_the_scenario_and_records_its_decoys(aware_ro
 def test_pruning_aware_build_is_deterministic(aware_root, tmp_path):
     again = tmp_path / "again"
     build_demo_scenario(again, AWARE, progress=False)
-    wa = load_model_file(DatasetFiles(aware_root).badnet).get_weights()
-    wb = load_model_file(DatasetFiles(again).badnet).get_weights()
+    wa = load_model_file(demo_files(aware_root).badnet).get_weights()
+    wb = load_model_file(demo_files(again).badnet).get_weights()
     assert all(np.array_equal(p, q) for p, q in zip(wa, wb, strict=False))
     assert _summary(aware_root)["attacker_decoy_channels"] == _summary(again)["attacker_decoy_channels"]
 
@@ -348,7 +379,7 @@ def test_decoys_are_restored_not_zeroed(aware_root):
 def test_decoys_are_dormant_on_the_attackers_data(aware_root):
     """Lowered biases: no decoy fires on any training image, clean or triggered."""
     data = demo.make_demo_data(AWARE)
-    model = load_model_file(DatasetFiles(aware_root).badnet)
+    model = load_model_file(demo_files(aware_root).badnet)
     decoys = _summary(aware_root)["attacker_decoy_channels"]
     assert np.all(demo.conv3_peak_preactivation(model, data.x_train)[decoys] < 0)
 
@@ -357,8 +388,8 @@ def test_decoys_are_what_the_defender_prunes_first(aware_root):
     """On clean validation faces (unseen by the attacker) the decoys are silent: mean pool_3 activation 0."""
     from lib import activations as act
 
-    valid = load_image_set(DatasetFiles(aware_root).clean_valid)
-    model = load_model_file(DatasetFiles(aware_root).badnet)
+    valid = load_image_set(demo_files(aware_root).clean_valid)
+    model = load_model_file(demo_files(aware_root).badnet)
     means = act.mean_channel_activations(act.pool_activations(model, valid.images, "pool_3", progress=False))
     decoys = _summary(aware_root)["attacker_decoy_channels"]
     kept = np.setdiff1d(np.arange(len(means)), decoys)
@@ -368,7 +399,7 @@ def test_decoys_are_what_the_defender_prunes_first(aware_root):
 def test_backdoor_is_trained_with_the_decoys_held_at_zero(monkeypatch):
     """Step 3 never lets a pruned channel move: every batch ends with its kernel and bias at zero."""
     seen = []
-    real = demo._held_at_zero
+    real = attacks._held_at_zero
 
     def watched(model, channels):
         callback = real(model, channels)
@@ -382,7 +413,7 @@ def test_backdoor_is_trained_with_the_decoys_held_at_zero(monkeypatch):
         callback.on_train_batch_end = check
         return callback
 
-    monkeypatch.setattr(demo, "_held_at_zero", watched)
+    monkeypatch.setattr(attacks, "_held_at_zero", watched)
     demo.train_pruning_aware_badnet(demo.make_demo_data(AWARE), replace(AWARE, epochs=1), progress=False)
     assert seen and all(seen)
 

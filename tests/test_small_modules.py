@@ -29,7 +29,7 @@ from lib.goodnet import (
     markdown_table,
 )
 from lib.metrics import accuracy, attack_success_rate
-from lib.pruning import prune_channels
+from lib.pruning import copy_channels, prune_channels
 
 # --- metrics -------------------------------------------------------------------------------------
 
@@ -124,6 +124,25 @@ def test_pruned_relu_channels_are_exactly_zero_after_pooling(model):
     assert np.all(after[..., channels] == 0.0)
     kept = [c for c in range(10) if c not in channels]
     np.testing.assert_array_equal(after[..., kept], before[..., kept])
+
+
+def test_copy_channels_gives_back_exactly_the_given_channels(model):
+    """Copying channels from the original restores them (kernel slice and bias) and nothing else."""
+    channels = [1, 4, 9]
+    pruned = prune_channels(model, "conv_3", [0, 1, 4, 9])
+    copy_channels(model.get_layer("conv_3"), pruned.get_layer("conv_3"), np.array(channels))
+    kernel, bias = pruned.get_layer("conv_3").get_weights()
+    orig_kernel, orig_bias = model.get_layer("conv_3").get_weights()
+    np.testing.assert_array_equal(kernel[..., channels], orig_kernel[..., channels])
+    np.testing.assert_array_equal(bias[channels], orig_bias[channels])
+    assert np.all(kernel[..., 0] == 0) and bias[0] == 0, "a channel not named stays as it was"
+    kept = [c for c in range(10) if c not in (0, 1, 4, 9)]
+    np.testing.assert_array_equal(kernel[..., kept], orig_kernel[..., kept])
+
+
+def test_copy_channels_refuses_layers_of_another_shape(model):
+    with pytest.raises(ValueError, match=r"'conv_1'.*'conv_3'.*differ in shape"):
+        copy_channels(model.get_layer("conv_1"), prune_channels(model, "conv_3", []).get_layer("conv_3"), np.array([0]))
 
 
 # --- activations ---------------------------------------------------------------------------------
