@@ -206,8 +206,8 @@ def _check_header(img: ImageFile.ImageFile, path: Path) -> None:
         with path.open("rb") as f:
             bits = f.read(25)[24]  # the bit depth in IHDR, which the PNG standard puts first
     if bits > 8 or img.mode.startswith(("I", "F")):  # Pillow's 16/32-bit integer and float modes (I;16 etc.)
-        kind = "floating-point" if img.mode == "F" else f"{bits}-bit"
-        problem = f"its pixels are {kind} per channel but the network takes 8-bit values 0-255"
+        kind = "floating-point values" if img.mode == "F" else f"{bits}-bit per channel"
+        problem = f"its pixels are {kind} but the network takes 8-bit values 0-255"
         raise InputError(path, problem, "save it as an 8-bit RGB PNG or JPEG")
 
 
