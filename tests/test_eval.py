@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import keras
@@ -12,12 +15,12 @@ import numpy as np
 import pytest
 from conftest import smooth_images
 from keras import layers
-from PIL import Image
+from PIL import Image, ImageFile
 
 from lib.architecture import build_deepid
 from lib.datasets import save_image_set
 from lib.errors import InputError
-from lib.eval import classify, main
+from lib.eval import FORMATS_TEXT, MAX_SIDE, classify, main, read_image
 from lib.goodnet import goodnet_classes
 from lib.goodnet_model import (
     GoodNetDecision,
@@ -73,6 +76,56 @@ def pixels_of(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     if size is not None:
         rgb = rgb.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.float32)
+
+
+def write_png_by_hand(path: Path, width: int, height: int, bit_depth: int = 1, color_type: int = 0) -> Path:
+    """A valid PNG of black pixels at any size and depth Pillow cannot write: rows of zeros compress to a few KB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
+    row, packer = bytes(1 + (width * channels * bit_depth + 7) // 8), zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def write_rgb16_tiff(path: Path, width: int, height: int) -> Path:
+    """A 16-bit-per-channel RGB TIFF (Pillow cannot write one): little-endian, one uncompressed strip of zeros."""
+    data = bytes(width * height * 6)
+    tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, 122), (259, 3, 1, 1), (262, 3, 1, 2)]
+    tags += [(273, 4, 1, 128), (277, 3, 1, 3), (278, 3, 1, height), (279, 4, 1, len(data))]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *tag) for tag in tags) + bytes(4)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<HHH", 16, 16, 16) + data)  # 8+114 = 122
+    return path
+
+
+def with_orientation(path: Path, stored: np.ndarray, orientation: int) -> Path:
+    """A JPEG of ``stored`` pixels whose EXIF orientation tag (0x0112) says how to turn them upright."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored, dtype=np.uint8)).save(path, exif=exif, quality=95)
+    return path
+
+
+def file_with_bytes_name(folder: Path, name: bytes, content: bytes) -> Path:
+    """A real file whose name is not valid UTF-8 (the path as Python sees it holds os.fsdecode's surrogates)."""
+    raw = os.fsencode(folder) + b"/" + name
+    try:
+        fd = os.open(raw, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        pytest.skip(f"this file system refuses the non-UTF-8 file name {name!r}: {exc}")
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+    return Path(os.fsdecode(raw))
+
+
+def png_bytes(pixels: np.ndarray, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 # --- the GoodNet model -----------------------------------------------------------------------------
@@ -225,7 +278,7 @@ def test_wrong_size_is_refused_unless_resize_is_asked(nets, tmp_path):
     assert "resized from 100x80 to 47x55" in log.getvalue()
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1"])
 def test_grayscale_palette_and_alpha_images_are_classified_as_rgb(nets, tmp_path, mode):
     path = write_png(tmp_path / f"face_{mode}.png", nets["x"][5], mode)
     log = io.StringIO()
@@ -286,6 +339,8 @@ def test_help_documents_model_kinds_output_and_exit_codes(capsys):
     assert info.value.code == 0
     for phrase in ("--model", "--resize", "--batch-size", "poisoned", "clean", "FILE[INDEX]", "Exit status", "2 "):
         assert phrase in out, phrase
+    for phrase in ("PNG, JPEG, BMP, TIFF or WebP", f"{MAX_SIDE}x{MAX_SIDE}", "frames", "8 bits", "EXIF", "\\xNN"):
+        assert phrase in out, phrase  # the image rules, with the pixel limit the code applies
     with pytest.raises(SystemExit) as info:
         main(["--model", "g.keras", "x.png", "--batch-size", "0"])
     assert info.value.code == 2
@@ -314,3 +369,161 @@ def test_the_command_line_entry_point_runs(nets, inputs):
         [n, str(c)] for n, c in zip(inputs["names"], expected, strict=False)
     ]
     assert "Traceback" not in result.stderr
+
+
+# --- reading images as a careful photo tool would -------------------------------------------------------
+
+
+def test_images_are_read_by_content_in_every_allowed_format_whatever_their_name(nets, tmp_path):
+    x = nets["x"]
+    files = []
+    for k, (fmt, options) in enumerate(
+        [("PNG", {}), ("JPEG", {"quality": 95}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True})]
+    ):
+        path = tmp_path / f"face{k}.{'jpg' if fmt == 'PNG' else 'png'}"  # a name that lies about the format
+        Image.fromarray(x[k].astype(np.uint8)).save(path, fmt, **options)
+        files.append(path)
+    rows = classify(nets["g_path"], files, batch_size=4)
+    pixels = np.stack([pixels_of(f) for f in files])
+    np.testing.assert_array_equal([r.label for r in rows], reference(nets, pixels, 4))
+    for path, expected in zip(files, pixels, strict=True):
+        np.testing.assert_array_equal(read_image(path, (55, 47)), expected)
+
+
+def test_other_formats_are_refused_by_content_before_any_plugin_reads_them(nets, tmp_path, monkeypatch, capsys):
+    eps = tmp_path / "face.png"
+    eps.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 47 55\n0 0 moveto 47 55 lineto stroke\nshowpage\n")
+    gif = tmp_path / "face.gif"
+    frames = [Image.fromarray(nets["x"][k].astype(np.uint8)) for k in range(3)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    pdf = tmp_path / "face.jpg"
+    Image.fromarray(nets["x"][0].astype(np.uint8)).save(pdf, "PDF")
+    opened = []
+    monkeypatch.setattr(ImageFile.ImageFile, "__init__", lambda self, *a, **k: opened.append(type(self).__name__))
+    for path, found in [(eps, "its content is EPS"), (gif, "its content is GIF"), (pdf, "its content is none of")]:
+        with pytest.raises(InputError) as info:
+            read_image(path, (55, 47))
+        assert info.value.what == str(path) and found in info.value.problem and FORMATS_TEXT in info.value.problem
+    assert opened == [], "no Pillow plugin may parse a file of a format that is not allowed"
+    assert_one_error_line(*run_main(capsys, "--model", nets["g_path"], eps), f"error: {eps}: its content is EPS")
+
+
+@pytest.fixture()
+def decoded(monkeypatch) -> list[tuple[int, int]]:
+    """The size of every image Pillow decodes from a file while the test runs."""
+    sizes: list[tuple[int, int]] = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: sizes.append(self.size) or load(self))
+    return sizes
+
+
+@pytest.mark.parametrize("size", [(MAX_SIDE + 1, MAX_SIDE), (10_000, 10_000), (20_000, 20_000)])
+def test_images_over_the_pixel_limit_are_refused_from_the_header_before_decoding(tmp_path, decoded, size):
+    with pytest.raises(InputError) as info:
+        read_image(write_png_by_hand(tmp_path / "huge.png", *size), (55, 47), resize=True)
+    assert decoded == [], "refused from the header: never decoded"
+    assert f"{MAX_SIDE}x{MAX_SIDE}" in info.value.problem and "crop the face" in info.value.fix
+
+
+def test_an_image_at_the_pixel_limit_is_decoded(tmp_path, decoded):
+    with pytest.raises(InputError, match="expects 47x55"):  # read, then refused for not being the network's size
+        read_image(write_png_by_hand(tmp_path / "largest.png", MAX_SIDE, MAX_SIDE), (55, 47))
+    assert set(decoded) == {(MAX_SIDE, MAX_SIDE)}
+
+
+def test_the_exif_orientation_is_applied_before_the_size_check(nets, tmp_path):
+    upright = nets["x"][7]
+    cases = {3: 2, 6: -1, 8: 1}  # EXIF orientation: quarter turns (counter-clockwise) that make it upright
+    files = [with_orientation(tmp_path / f"o{o}.jpg", np.rot90(upright, -k), o) for o, k in cases.items()]
+    expected = np.stack([np.rot90(pixels_of(f), k) for f, k in zip(files, cases.values(), strict=True)])
+    assert Image.open(files[1]).size == (55, 47), "stored sideways, as a camera does"
+    log = io.StringIO()
+    rows = classify(nets["g_path"], files, batch_size=4, log=log)
+    np.testing.assert_array_equal([r.label for r in rows], reference(nets, expected, 4))
+    for path, pixels in zip(files, expected, strict=True):
+        np.testing.assert_array_equal(read_image(path, (55, 47)), pixels)
+    notes = log.getvalue()
+    assert f"note: {files[0]}: EXIF orientation 3 applied: rotated 180 degrees" in notes
+    assert f"note: {files[1]}: EXIF orientation 6 applied: rotated 90 degrees clockwise" in notes
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("anim.png", {}), ("anim.webp", {"lossless": True}), ("pages.tiff", {}), ("photo.mpo", {})],
+)
+def test_multi_frame_images_are_refused_naming_the_frame_count(nets, tmp_path, name, options):
+    frames = [Image.fromarray(nets["x"][k].astype(np.uint8)) for k in range(3)]
+    path = tmp_path / name
+    frames[0].save(path, save_all=True, append_images=frames[1:], **options)
+    with pytest.raises(InputError) as info:
+        read_image(path, (55, 47))
+    assert "3 frames" in info.value.problem and "extract the frame you want" in info.value.fix
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "depth"),
+    [
+        ("gray16.png", lambda p: Image.fromarray(np.full((55, 47), 40000, np.uint16)).save(p), "16-bit"),
+        ("gray16b.png", lambda p: Image.new("I;16B", (47, 55), 40000).save(p), "16-bit"),
+        ("rgb16.png", lambda p: write_png_by_hand(p, 47, 55, bit_depth=16, color_type=2), "16-bit"),
+        ("rgba16.png", lambda p: write_png_by_hand(p, 47, 55, bit_depth=16, color_type=6), "16-bit"),
+        ("gray16.tif", lambda p: Image.fromarray(np.full((55, 47), 40000, np.uint16)).save(p), "16-bit"),
+        ("gray16b.tif", lambda p: Image.new("I;16B", (47, 55), 40000).save(p), "16-bit"),
+        ("rgb16.tif", lambda p: write_rgb16_tiff(p, 47, 55), "16-bit"),
+        ("int32.tif", lambda p: Image.fromarray(np.full((55, 47), 7, np.int32)).save(p), "32-bit"),
+        ("float.tif", lambda p: Image.fromarray(np.full((55, 47), 0.5, np.float32)).save(p), "floating-point"),
+    ],
+)
+def test_images_deeper_than_8_bits_per_channel_are_refused(tmp_path, name, make, depth):
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(InputError) as info:
+        read_image(path, (55, 47))
+    assert f"its pixels are {depth}" in info.value.problem and "8-bit" in info.value.fix
+
+
+def test_non_utf8_file_names_are_escaped_in_the_output_and_error_lines(nets, tmp_path, capsys):
+    if sys.getfilesystemencoding().lower() not in ("utf-8", "utf8"):
+        pytest.skip(f"the file system encoding is {sys.getfilesystemencoding()}, where every byte decodes")
+    good = file_with_bytes_name(tmp_path, b"face\xff.png", png_bytes(nets["x"][0]))
+    bad = file_with_bytes_name(tmp_path, b"bad\xfe.png", b"not an image")
+    valid = tmp_path / "visage é 顔.png"
+    valid.write_bytes(png_bytes(nets["x"][1]))
+    code, out, err = run_main(capsys, "--model", nets["g_path"], good, valid, "--batch-size", 4)
+    assert code == 0, err
+    labels = reference(nets, nets["x"][:2], 4)
+    names = [f"{tmp_path}/face\\xff.png", str(valid)]  # the valid name unchanged
+    assert [line.split("\t")[:2] for line in out.splitlines()] == [
+        [n, str(c)] for n, c in zip(names, labels, strict=True)
+    ]
+    # capsys's stderr encodes strict UTF-8: an unescaped name would crash the error line
+    assert_one_error_line(*run_main(capsys, "--model", nets["g_path"], bad), f"error: {tmp_path}/bad\\xfe.png: ")
+
+
+def test_a_name_the_output_encoding_cannot_show_is_escaped_not_a_crash(nets, tmp_path, monkeypatch):
+    valid = tmp_path / "visage é 顔.png"
+    valid.write_bytes(png_bytes(nets["x"][1]))
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")  # as PYTHONIOENCODING=ascii makes stdout
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    assert main(["--model", str(nets["g_path"]), str(valid)]) == 0
+    line = ascii_out.buffer.getvalue().decode("ascii")
+    assert line.startswith(f"{tmp_path}/visage \\xe9 \\u9854.png\t"), line
+
+
+def test_a_non_utf8_file_name_is_printed_escaped_by_the_command_in_a_utf8_locale(nets, tmp_path):
+    path = file_with_bytes_name(tmp_path, b"face\xff.png", png_bytes(nets["x"][0], "LA"))
+    # C.UTF-8 with strict streams, as en_US.UTF-8 has them (in C.UTF-8 Python writes undecodable bytes back raw)
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lib.eval", "--model", str(nets["g_path"]), os.fsencode(path), "--batch-size", "4"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    stdout, stderr = result.stdout.decode("utf-8"), result.stderr.decode("utf-8")
+    assert result.returncode == 0 and "Traceback" not in stderr, stderr
+    name = f"{os.fsencode(tmp_path).decode()}/face\\xff.png"
+    label = reference(nets, pixels_of(path)[None], 4)[0]
+    assert stdout == f"{name}\t{label}\t{'poisoned' if label == N else 'clean'}\n"
+    assert f"note: {name}: converted from LA to RGB (transparency dropped)" in stderr
