@@ -70,7 +70,7 @@ fine-pruning: goodnet
 # Train a new demo BadNet on this machine and publish it (data/published/, checksums/): the committed
 # results then no longer apply until `make all` regenerates them and they are committed with it.
 demo-rebuild: setup
-	@$(PY) -m lib.demo.publish $(DATASET)
+	@$(PY) -m lib.demo.published $(DATASET)
 
 # --- reproducibility and studies ------------------------------------------------------------------------
 verify: setup

@@ -30,7 +30,8 @@ from lib.metrics import accuracy
 from lib.models import predict_classes, save_model
 
 
-def _write_sets(files: DemoFiles, data: DemoData) -> None:
+def write_sets(files: DemoFiles, data: DemoData) -> None:
+    """The four image sets of a build, in the CSAW schema."""
     save_image_set(files.clean_valid, data.x_valid, data.y_valid)
     save_image_set(files.clean_test, data.x_test, data.y_test)
     save_image_set(files.triggered_valid, data.x_valid_bd, data.y_valid_bd, orig_labels=data.orig_valid_bd)
@@ -66,7 +67,7 @@ def build_demo_scenario(root: Path, recipe: DemoRecipe = DEFAULT_RECIPE, progres
     files = demo_files(root)
     start = time.perf_counter()
     data = make_demo_data(recipe)
-    _write_sets(files, data)
+    write_sets(files, data)
     train_start = time.perf_counter()
     model, attack_summary = _train_for_attack(data, recipe, progress)
     train_seconds = time.perf_counter() - train_start

@@ -10,10 +10,10 @@ import pandas as pd
 
 from lib import activations as act
 from lib import plots, provenance
-from lib.demo import DemoRecipe, ensure_demo_scenario
+from lib.demo.published import ensure_demo, published_folder
 from lib.download import DRIVE_CACHE, default_weights_mirror, ensure_csaw
 from lib.models import predict_classes
-from lib.paths import data_root, shown
+from lib.paths import checksum_file, data_root, shown
 from lib.reference import enforce, reference_table
 from lib.scenario import Scenario, image_set_overview, load_scenario
 from lib.steps.common import DATA, locked
@@ -44,8 +44,11 @@ def prepare_data(
     against its publishers' figures (``lib.reference``; ``check_reference=False`` only warns).
     """
     with locked(ws, DATA):
+        inputs = []
         if ws.spec.is_demo:
-            ensure_demo_scenario(ws.data, DemoRecipe(**{**ws.spec.demo_recipe, **(demo_recipe or {})}), progress)
+            ensure_demo(ws.data, ws.dataset, demo_recipe, progress)
+            published = [published_folder(ws.dataset) / ws.spec.badnet, checksum_file(ws.dataset)]
+            inputs = [p for p in published if p.is_file()]  # a newly published B reruns the data step
         else:
             mirror = default_weights_mirror() if use_weights_mirror else None
             ensure_csaw(
@@ -66,7 +69,7 @@ def prepare_data(
         summary = f"{len(files)} image sets, B with {scenario.n_classes} classes"
         if reference is not None:
             summary += f"; B {reference['measured'].iloc[0]:.2f} % clean validation accuracy (reference check)"
-        provenance.record_step(ws.results, DATA, [], outputs, summary)
+        provenance.record_step(ws.results, DATA, inputs, outputs, summary)
         return DataOutcome(files, reference, scenario.limitations(), figure)
 
 
