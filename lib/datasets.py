@@ -321,7 +321,8 @@ def check_clean_validation(image_set: ImageSet) -> None:
 
 
 #: A single-target attack labels every triggered image with one class, a multi-target one with a
-#: handful: labels beyond the ``MAX_ATTACK_TARGETS`` most common ones are not attack targets.
+#: handful: labels beyond the ``MAX_ATTACK_TARGETS`` most common ones are not attack targets (an
+#: all-to-all attack, one target per identity, would be reported too; the CSAW attacks are not).
 MAX_ATTACK_TARGETS = 10
 #: Share of a triggered set's images that may carry labels beyond those targets (room for a few
 #: stray or mislabelled images) before the labels are reported as not looking like targets.
