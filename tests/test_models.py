@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -14,7 +16,7 @@ from keras import layers
 
 from lib.architecture import CSAW_NUM_CLASSES, PRUNED_CONV, PRUNED_POOL, build_deepid
 from lib.errors import InputError
-from lib.models import check_prunable, load_model_file, num_classes_of, save_model
+from lib.models import MAX_CONFIG_BYTES, check_prunable, load_model_file, num_classes_of, save_model
 
 CSAW_LAYER_NAMES = [
     "input",
@@ -293,3 +295,181 @@ def test_check_prunable_pool_channels_do_not_match(tiny):
     _assert_input_error(
         info, "bd_net.h5", "'pool_3' has 10 input channels but 'conv_1' has 4 filters", "directly follows"
     )
+
+
+def test_check_prunable_accepts_the_csaw_architecture_and_its_tail_builds(deepid, tiny):
+    for model in (deepid, tiny):
+        check_prunable(model, PRUNED_CONV, PRUNED_POOL, path="bd_net.h5")
+        tail = keras.Model(model.get_layer(PRUNED_POOL).output, model.outputs[0])  # what the sweep builds
+        assert tail.output.shape == model.output.shape
+
+
+def _functional(skip_from: str | None = None, conv_3_branch: bool = False) -> keras.Model:
+    """conv_2 -> conv_3 -> pool_3 -> fc_1 -> output, with a skip to the head or a second reader of conv_3."""
+    x = keras.Input((14, 12, 3), name="input")
+    c2 = layers.Conv2D(4, 3, activation="relu", name="conv_2")(x)
+    c3 = layers.Conv2D(10, 3, activation="relu", name="conv_3")(c2)
+    h = layers.Dense(8, name="fc_1")(layers.Flatten(name="flatten_1")(layers.MaxPooling2D(2, name="pool_3")(c3)))
+    if skip_from is not None:
+        skip = layers.Dense(8, name="fc_skip")(
+            layers.Flatten(name="flatten_skip")({"input": x, "conv_2": c2}[skip_from])
+        )
+        h = layers.Add(name="add_skip")([h, skip])
+    if conv_3_branch:
+        branch = layers.Dense(8, name="fc_branch")(layers.GlobalAveragePooling2D(name="gap_branch")(c3))
+        h = layers.Add(name="add_branch")([h, branch])
+    return keras.Model(x, layers.Dense(5, activation="softmax", name="output")(h))
+
+
+def test_check_prunable_accepts_the_plain_functional_model():
+    check_prunable(_functional(), "conv_3", "pool_3", path="bd_net.h5")
+
+
+@pytest.mark.parametrize(("skip_from", "source"), [("conv_2", "'conv_2'"), ("input", "the model's input")])
+def test_check_prunable_refuses_a_skip_connection_around_the_pool(skip_from, source):
+    model = _functional(skip_from=skip_from)
+    with pytest.raises(InputError) as info:
+        check_prunable(model, "conv_3", "pool_3", path="bd_net.h5")
+    _assert_input_error(
+        info, "bd_net.h5", f"layer 'flatten_skip' reads {source}", "path around 'pool_3'", "read only its output"
+    )
+    with pytest.raises(ValueError):  # what the sweep met instead, deep in its run
+        keras.Model(model.get_layer("pool_3").output, model.outputs[0])
+
+
+def test_check_prunable_refuses_a_conv_read_by_another_layer_too():
+    with pytest.raises(InputError) as info:
+        check_prunable(_functional(conv_3_branch=True), "conv_3", "pool_3", path="bd_net.h5")
+    _assert_input_error(info, "bd_net.h5", "'conv_3' feeds 'gap_branch' as well as 'pool_3'", "conv_layer=")
+
+
+def test_check_prunable_refuses_a_shared_pooling_layer():
+    x = keras.Input((14, 12, 3), name="input")
+    pool = layers.MaxPooling2D(2, name="pool_3")
+    h = pool(pool(layers.Conv2D(10, 3, activation="relu", name="conv_3")(x)))
+    model = keras.Model(x, layers.Dense(3, name="output")(layers.Flatten()(h)))
+    with pytest.raises(InputError) as info:
+        check_prunable(model, "conv_3", "pool_3", path="bd_net.h5")
+    _assert_input_error(info, "bd_net.h5", "'pool_3' is called 2 times", "exactly once")
+
+
+def _backbone_in_a_model() -> keras.Model:
+    inner = keras.Input((14, 12, 3))
+    pooled = layers.MaxPooling2D(2, name="pool_3")(layers.Conv2D(10, 3, activation="relu", name="conv_3")(inner))
+    backbone = keras.Model(inner, pooled, name="backbone")
+    x = keras.Input((14, 12, 3), name="input")
+    return keras.Model(x, layers.Dense(3, name="output")(layers.Flatten()(backbone(x))))
+
+
+def test_check_prunable_refuses_layers_inside_a_nested_model():
+    with pytest.raises(InputError) as info:
+        check_prunable(_backbone_in_a_model(), "conv_3", "pool_3", path="bd_net.h5")
+    _assert_input_error(info, "bd_net.h5", "'conv_3' is inside the nested model 'backbone'", "top level")
+
+
+def test_check_prunable_accepts_a_nested_head_after_the_pool():
+    head_in = keras.Input((6, 5, 10))
+    head = keras.Model(head_in, layers.Dense(3)(layers.Flatten()(head_in)), name="head")
+    x = keras.Input((14, 12, 3), name="input")
+    pooled = layers.MaxPooling2D(2, name="pool_3")(layers.Conv2D(10, 3, activation="relu", name="conv_3")(x))
+    model = keras.Model(x, head(pooled))
+    check_prunable(model, "conv_3", "pool_3", path="bd_net.h5")
+    keras.Model(model.get_layer("pool_3").output, model.outputs[0])
+
+
+# --- malformed or oversized architectures ----------------------------------------------------------
+
+
+def _h5_with_config(tmp_path: Path, value) -> Path:
+    path = save_model(tiny_deepid(), tmp_path / "bd_net.h5")
+    with h5py.File(path, "a") as f:
+        del f.attrs["model_config"]
+        f.attrs["model_config"] = value
+    return path
+
+
+def _keras_with_config(tmp_path: Path, text: bytes) -> Path:
+    path = save_model(tiny_deepid(), tmp_path / "bd_net.keras")
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["config.json"] = text
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+BAD_CONFIGS = [
+    (b'{"class_name": "Functional", "config": {', "is not valid JSON"),
+    (b"[1, 2, 3]", "is JSON an array, not the object that describes a model"),
+    (b'"model"', "is JSON a string"),
+    (b"[" * 100_000, "is JSON nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("text", "phrase"), BAD_CONFIGS, ids=["truncated", "array", "string", "deep"])
+def test_h5_model_config_that_is_not_a_json_object(tmp_path, text, phrase):
+    path = _h5_with_config(tmp_path, text)
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, f"`model_config` attribute {phrase}", "re-download the model")
+
+
+@pytest.mark.parametrize(("text", "phrase"), BAD_CONFIGS, ids=["truncated", "array", "string", "deep"])
+def test_keras_config_json_that_is_not_a_json_object(tmp_path, text, phrase):
+    path = _keras_with_config(tmp_path, text)
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, f"`config.json` {phrase}", "re-download the model")
+
+
+def test_keras_config_json_that_is_not_utf8(tmp_path):
+    path = _keras_with_config(tmp_path, b'{"name": "\xff\xfe"}')
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "`config.json` is not UTF-8 text")
+
+
+def test_h5_model_config_that_is_not_text(tmp_path):
+    path = _h5_with_config(tmp_path, np.arange(4))
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "`model_config` attribute is not one text", "re-download the model")
+
+
+def _oversized() -> bytes:
+    return json.dumps({"class_name": "Functional", "config": {}, "padding": " " * MAX_CONFIG_BYTES}).encode()
+
+
+@pytest.mark.parametrize("stored", ["variable-length", "fixed-length"])
+def test_h5_model_config_too_large(tmp_path, stored):
+    text = _oversized()
+    if stored == "variable-length":  # as Keras writes it: the attribute holds a reference to the text
+        path = _h5_with_config(tmp_path, text)
+    else:  # the text in the attribute itself: an HDF5 file with dense attribute storage
+        path = tmp_path / "bd_net.h5"
+        with h5py.File(path, "w", libver="latest") as f:
+            f.attrs["model_config"] = np.bytes_(text)
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(
+        info, path, f"`model_config` attribute is {len(text):,} bytes, more than the {MAX_CONFIG_BYTES:,}"
+    )
+
+
+def test_keras_config_json_too_large(tmp_path):
+    text = _oversized()
+    path = _keras_with_config(tmp_path, text)
+    assert path.stat().st_size < MAX_CONFIG_BYTES, "compressed, the archive is small: its member's size counts"
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, f"`config.json` is {len(text):,} bytes, more than the {MAX_CONFIG_BYTES:,}")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_config_keras_cannot_deserialize(tmp_path, suffix):
+    text = json.dumps({"class_name": "NoSuchModel", "config": {"layers": "none"}}).encode()
+    path = _h5_with_config(tmp_path, text) if suffix == ".h5" else _keras_with_config(tmp_path, text)
+    with pytest.raises(InputError) as info:
+        load_model_file(path)
+    _assert_input_error(info, path, "Keras could not load this model", "re-download")
