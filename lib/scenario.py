@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lib.catalog import DatasetSpec, TriggerFiles
-from lib.datasets import ImageSet, check_paired, load_image_set
+from lib.datasets import ImageSet, check_clean_validation, check_triggered_labels, load_image_set
 from lib.errors import InputError
 from lib.input_scale import with_input_scale
 from lib.models import check_prunable, load_model_file, num_classes_of
@@ -57,8 +57,11 @@ class Scenario:
         return self.ws.file(_split_path(self.spec.clean_valid, self.spec.clean_test, split))
 
     def load_clean(self, split: str) -> ImageSet:
-        """Clean ``valid`` or ``test`` images, validated against B's classes."""
-        return load_image_set(self.clean_path(split), num_classes=self.n_classes)
+        """Clean ``valid`` or ``test`` images, validated against B's classes (validation: at least two classes)."""
+        images = load_image_set(self.clean_path(split), num_classes=self.n_classes)
+        if split == "valid":
+            check_clean_validation(images)
+        return images
 
     @property
     def triggers(self) -> list[TriggerFiles]:
@@ -71,14 +74,14 @@ class Scenario:
     def load_triggered(self, split: str, clean: ImageSet | None = None) -> dict[str, ImageSet]:
         """Each available trigger's ``valid`` or ``test`` images, labelled with the attacker's target.
 
-        Where the dataset pairs them with the clean images, the sizes are checked against ``clean``
-        (loaded if not given).
+        A set whose labels do not look like attack targets gets a warning (its ASR would mean nothing);
+        where the dataset pairs them with the clean images (loaded if not given), they are compared too.
         """
         sets = {name: load_image_set(p, num_classes=self.n_classes) for name, p in self.triggered_paths(split).items()}
-        if self.spec.paired and sets:
-            clean = clean if clean is not None else self.load_clean(split)
-            for s in sets.values():
-                check_paired(clean, s)
+        if self.spec.paired and sets and clean is None:
+            clean = self.load_clean(split)
+        for s in sets.values():
+            check_triggered_labels(s, clean if self.spec.paired else None)
         return sets
 
     def input_files(self, split: str) -> list[Path]:
