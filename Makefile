@@ -20,7 +20,7 @@ THRESHOLDS ?= 2, 4, 10
 # `make all` without DATASET runs both demos; with DATASET=<name>, that dataset only.
 ifeq ($(origin DATASET),undefined)
 ALL_DATASETS = $(shell $(PYTHON) -m lib.catalog demos)
-SUMMARY      = $(PY) -m lib.summary --out results/demo-summary $(ALL_DATASETS)
+SUMMARY      = $(PY) -m lib.summary --out demo-summary $(ALL_DATASETS)
 DATASET      := demo
 else
 ALL_DATASETS := $(DATASET)
@@ -47,7 +47,7 @@ all: setup
 csaw-all: setup
 	@for d in $$($(PYTHON) -m lib.catalog competition); do \
 		$(call LOCKED,$$d) $(MAKE) --no-print-directory pipeline DATASET=$$d || exit 1; done
-	@$(PY) -m lib.summary --out results/csaw-summary $$($(PYTHON) -m lib.catalog competition)
+	@$(PY) -m lib.summary --out csaw-summary $$($(PYTHON) -m lib.catalog competition)
 
 pipeline: fine-pruning
 

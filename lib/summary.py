@@ -17,7 +17,7 @@ import pandas as pd
 from lib import provenance
 from lib.atomic import write_text
 from lib.errors import InputError
-from lib.paths import shown
+from lib.paths import results_root, shown
 from lib.steps.common import FINE_PRUNING, GOODNET, SWEEP, rerun
 from lib.tables import markdown_table, write_csv
 from lib.workspace import Workspace, workspace
@@ -65,7 +65,7 @@ def where(ws: Workspace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.summary", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="path without suffix: <out>.csv and <out>.md are written")
+    parser.add_argument("--out", help="name or path without suffix: <out>.csv and <out>.md (a bare name: in results/)")
     parser.add_argument("--where", action="store_true", help="only say where each dataset's results are")
     parser.add_argument("datasets", nargs="+", help="dataset names (lib.catalog)")
     args = parser.parse_args(argv)
@@ -73,8 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.datasets:
             print(where(workspace(name)))
         if args.out and not args.where:
-            table = write_summary(args.datasets, args.out)
-            print(f"summary of {len(args.datasets)} datasets ({len(table)} rows): {args.out}.md, {args.out}.csv")
+            out = results_root() / args.out if Path(args.out).name == args.out else Path(args.out)
+            table = write_summary(args.datasets, out)
+            print(f"summary of {len(args.datasets)} datasets ({len(table)} rows): {shown(out)}.md, {shown(out)}.csv")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

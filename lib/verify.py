@@ -1,0 +1,215 @@
+"""``make verify``: rerun the default pipeline from scratch and compare every result with the committed one.
+
+What must reproduce on any x86-64 machine is what is inferred from the published artifacts (the demo
+BadNets and the image sets their recipes generate): activations, the sweep, the thresholds, B', G. For
+those every count-based figure (accuracy, ASR, channels pruned, the pruning order) must be identical and
+every other float within ``REL_TOL`` of the committed value; anything else makes the exit status 1. What
+is trained (the fine-tuning step's files and rows) repeats only on the processor that trained it: its
+figures are compared with the spread of the committed multi-seed study where there is one, else reported
+as not comparable. Figures (PNG) are reported, not judged: they are drawn from the tables that are.
+
+By default the pipeline runs in a temporary folder (data and results roots moved there, ``make all``
+itself), so the working tree is not touched; ``--in-place`` runs ``make all`` here. Either way the fresh
+files are compared with the committed ones (``git show HEAD:...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lib import provenance, rows
+from lib.catalog import DEMO_DATASETS
+from lib.paths import PROJECT_ROOT, ResultFiles, result_files
+from lib.steps.common import FINE_PRUNING
+
+#: Relative tolerance for floats that are not counts (mean activations): float32 kernels of other processors
+#: move them by up to ~2e-6 relative.
+REL_TOL = 1e-5
+#: Columns whose values are counts or ratios of counts: identical on any processor, or something is wrong.
+COUNT_COLUMNS = ("pruned", "fraction", "channel", "rank", "channels_pruned", "threshold", "pruned_channels", "dormant")
+SUMMARY = "demo-summary"
+
+
+@dataclass
+class Verdict:
+    """One compared file or figure: what was compared, and whether it agrees under the rule."""
+
+    what: str
+    agrees: bool | None  # None: not judged (trained elsewhere, or a figure)
+    note: str
+
+    def line(self) -> str:
+        mark = {True: "ok  ", False: "DIFF", None: "  - "}[self.agrees]
+        return f"{mark}  {self.what:<48} {self.note}"
+
+
+def _floats_agree(a: pd.Series, b: pd.Series) -> bool:
+    a, b = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
+    return bool(np.all((np.isnan(a) & np.isnan(b)) | (np.abs(a - b) <= REL_TOL * np.abs(a) + 1e-12)))
+
+
+def compare_tables(committed: pd.DataFrame, fresh: pd.DataFrame) -> str | None:
+    """None when the tables agree under the rule, else what differs (the first few columns)."""
+    if list(committed.columns) != list(fresh.columns) or len(committed) != len(fresh):
+        return f"shape or columns differ ({committed.shape} {list(committed.columns)} vs {fresh.shape})"
+    problems = []
+    for column in committed.columns:
+        a, b = committed[column], fresh[column]
+        exact = (
+            column in COUNT_COLUMNS
+            or column.startswith(("clean_accuracy", "attack_success_rate"))
+            or not pd.api.types.is_float_dtype(a)
+        )
+        same = a.equals(b) if exact else _floats_agree(a, b)
+        if not same:
+            rows_differing = int((a.astype(str) != b.astype(str)).sum())
+            problems.append(f"{column} ({rows_differing} rows{'' if exact else f', beyond {REL_TOL:g} relative'})")
+    return "; ".join(problems[:4]) or None
+
+
+def _read_csv(data: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), dtype={"pruned_channels": str})
+
+
+def read_committed(path: Path) -> bytes | None:
+    """The committed bytes of a project file (``git show HEAD:``; the working tree's outside a git checkout)."""
+    rel = path.resolve().relative_to(PROJECT_ROOT).as_posix()
+    done = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=PROJECT_ROOT, capture_output=True)
+    if done.returncode == 0:
+        return done.stdout
+    inside_git = subprocess.run(["git", "rev-parse"], cwd=PROJECT_ROOT, capture_output=True).returncode == 0
+    return None if inside_git or not path.is_file() else path.read_bytes()
+
+
+def _study_ranges() -> pd.DataFrame | None:
+    """Per dataset and model, the range of the committed study's runs (``results/studies/*/runs.csv``)."""
+    found = sorted((PROJECT_ROOT / "results" / "studies").glob("*/runs.csv"))
+    if not found:
+        return None
+    runs = pd.concat([pd.read_csv(p) for p in found], ignore_index=True)
+    return runs.groupby(["dataset", "model"])[["clean_accuracy", "attack_success_rate"]].agg(["min", "max", "count"])
+
+
+def compare_trained(dataset: str, committed: pd.DataFrame, fresh: pd.DataFrame) -> list[Verdict]:
+    """Training-dependent rows: within the study's spread, or not comparable."""
+    ranges = _study_ranges()
+    verdicts = []
+    for row in fresh.itertuples():
+        name = str(row.model)
+        values = {m: getattr(row, m) for m in ("clean_accuracy", "attack_success_rate")}
+        before = committed.set_index("model").loc[name] if name in set(committed["model"]) else None
+        shown_values = ", ".join(
+            f"{m.split('_')[0]} {before[m] if before is not None else float('nan'):.2f} -> {v:.2f}"
+            for m, v in values.items()
+        )
+        if ranges is None or (dataset, name) not in ranges.index:
+            verdicts.append(Verdict(f"{dataset} {name}", None, f"{shown_values}; trained here, not comparable"))
+            continue
+        r = ranges.loc[(dataset, name)]
+        inside = all(pd.isna(v) or r[(m, "min")] <= v <= r[(m, "max")] for m, v in values.items())
+        n = int(r[("clean_accuracy", "count")])
+        verdicts.append(
+            Verdict(
+                f"{dataset} {name}",
+                None,
+                f"{shown_values}; {'within' if inside else 'OUTSIDE'} the study's range over {n} runs",
+            )
+        )
+    return verdicts
+
+
+def compare_run(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: Callable) -> list[Verdict]:
+    """Every file the fresh run wrote that the project commits, judged by the rule of the step that wrote it."""
+    verdicts = []
+    for step, record in provenance.read_record(fresh).items():
+        trained = step == FINE_PRUNING
+        for name in record.outputs:
+            path = PROJECT_ROOT / name if not Path(name).is_absolute() else Path(name)
+            try:
+                rel = path.relative_to(fresh.root)
+            except ValueError:
+                continue  # a data file: not a result
+            before = read(committed.root / rel)
+            if before is None:
+                continue  # models, executed notebooks: not committed
+            what = f"{dataset}/{rel.as_posix()}"
+            if trained:
+                if rel.suffix == ".csv" and rel.name == committed.fine_pruning_csv.name:
+                    verdicts += compare_trained(dataset, _read_csv(before), pd.read_csv(path))
+                continue
+            if rel.suffix == ".csv":
+                problem = compare_tables(_read_csv(before), pd.read_csv(path, dtype={"pruned_channels": str}))
+                same_bytes = before == path.read_bytes()
+                note = "identical" if same_bytes else ("same under the rule" if problem is None else problem)
+                verdicts.append(Verdict(what, problem is None, note))
+            elif rel.suffix == ".png":
+                verdicts.append(Verdict(what, None, "identical" if before == path.read_bytes() else "pixels differ"))
+    return verdicts
+
+
+def headline(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: Callable) -> list[str]:
+    """B, B' and G on test data, committed against fresh: the README's single-run table."""
+    before_bytes = read(committed.goodnet_csv)
+    if before_bytes is None or not fresh.goodnet_csv.is_file():
+        return []
+    before, after = _read_csv(before_bytes).set_index("model"), pd.read_csv(fresh.goodnet_csv).set_index("model")
+    lines = []
+    for name in after.index:
+        if rows.parse_row(name).goodnet:
+            continue
+        for metric in ("channels_pruned", "clean_accuracy", "attack_success_rate"):
+            a = before.loc[name, metric] if name in before.index else float("nan")
+            b = after.loc[name, metric]
+            ok = (pd.isna(a) and pd.isna(b)) or a == b
+            lines.append(f"{'ok  ' if ok else 'DIFF'}  {dataset:<19} {name:<8} {metric:<20} {a!s:>18} {b!s:>18}")
+    return lines
+
+
+def run_make(in_place: bool, workdir: Path) -> int:
+    env = dict(os.environ)
+    if not in_place:
+        env["BACKDOOR_DATA_ROOT"], env["BACKDOOR_RESULTS_ROOT"] = str(workdir / "data"), str(workdir / "results")
+    return subprocess.call(["make", "--no-print-directory", "all"], cwd=PROJECT_ROOT, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--in-place", action="store_true", help="run make all here, compare with git HEAD")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
+        workdir = Path(tmp)
+        print(f"running the default pipeline from scratch {'here' if args.in_place else f'in {workdir}'} ...")
+        if run_make(args.in_place, workdir) != 0:
+            print("make all failed: nothing to compare", file=sys.stderr)
+            return 1
+        read = read_committed
+        verdicts, heads = [], []
+        for dataset in DEMO_DATASETS:
+            fresh = result_files(dataset) if args.in_place else ResultFiles(workdir / "results" / dataset)
+            verdicts += compare_run(dataset, fresh, result_files(dataset), read)
+            heads += headline(dataset, fresh, result_files(dataset), read)
+    print("\nfiles (inference-only: counts identical, floats within 1e-5 relative; trained: the study's spread)")
+    print("\n".join(v.line() for v in verdicts))
+    print("\nheadline figures (goodnet.csv, test data)             committed              fresh")
+    print("\n".join(heads))
+    failed = [v for v in verdicts if v.agrees is False] + [h for h in heads if h.startswith("DIFF")]
+    print(
+        f"\n{'FAILED' if failed else 'OK'}: {len(failed)} inference-only result(s) differ; "
+        f"{sum(v.agrees is None for v in verdicts)} trained or figure result(s) reported, not judged"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
