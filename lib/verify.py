@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import subprocess
 import sys
@@ -101,8 +102,8 @@ def _study_ranges() -> pd.DataFrame | None:
     return runs.groupby(["dataset", "model"])[["clean_accuracy", "attack_success_rate"]].agg(["min", "max", "count"])
 
 
-def compare_trained(dataset: str, committed: pd.DataFrame, fresh: pd.DataFrame) -> list[Verdict]:
-    """Training-dependent rows: within the study's spread, or not comparable."""
+def compare_trained(dataset: str, committed: pd.DataFrame, fresh: pd.DataFrame, same_machine: bool) -> list[Verdict]:
+    """Training-dependent rows: within the study's spread, or not comparable (identical if trained on this machine)."""
     ranges = _study_ranges()
     verdicts = []
     for row in fresh.itertuples():
@@ -113,8 +114,15 @@ def compare_trained(dataset: str, committed: pd.DataFrame, fresh: pd.DataFrame) 
             f"{m.split('_')[0]} {before[m] if before is not None else float('nan'):.2f} -> {v:.2f}"
             for m, v in values.items()
         )
+        if same_machine:
+            same = before is not None and all(
+                before[m] == v or (pd.isna(v) and pd.isna(before[m])) for m, v in values.items()
+            )
+            note = "identical" if same else "DIFFERENT although trained on the same processor and versions"
+            verdicts.append(Verdict(f"{dataset} {name}", None, f"{shown_values}; {note}"))
+            continue
         if ranges is None or (dataset, name) not in ranges.index:
-            verdicts.append(Verdict(f"{dataset} {name}", None, f"{shown_values}; trained here, not comparable"))
+            verdicts.append(Verdict(f"{dataset} {name}", None, f"{shown_values}; trained on another processor"))
             continue
         r = ranges.loc[(dataset, name)]
         inside = all(pd.isna(v) or r[(m, "min")] <= v <= r[(m, "max")] for m, v in values.items())
@@ -127,6 +135,12 @@ def compare_trained(dataset: str, committed: pd.DataFrame, fresh: pd.DataFrame) 
             )
         )
     return verdicts
+
+
+def _machine(trained_on: bytes) -> tuple:
+    """The processor and library versions of a ``trained_on.json``: what training results depend on."""
+    info = json.loads(trained_on)
+    return info.get("cpu"), tuple(info.get("simd", [])), tuple(sorted(info.get("versions", {}).items()))
 
 
 def compare_run(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: Callable) -> list[Verdict]:
@@ -146,7 +160,9 @@ def compare_run(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: 
             what = f"{dataset}/{rel.as_posix()}"
             if trained:
                 if rel.suffix == ".csv" and rel.name == committed.fine_pruning_csv.name:
-                    verdicts += compare_trained(dataset, _read_csv(before), pd.read_csv(path))
+                    machine = read(committed.trained_on)
+                    same = machine is not None and _machine(machine) == _machine(fresh.trained_on.read_bytes())
+                    verdicts += compare_trained(dataset, _read_csv(before), pd.read_csv(path), same)
                 continue
             if rel.suffix == ".csv":
                 problem = compare_tables(_read_csv(before), pd.read_csv(path, dtype={"pruned_channels": str}))
@@ -172,7 +188,9 @@ def headline(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: Cal
             a = before.loc[name, metric] if name in before.index else float("nan")
             b = after.loc[name, metric]
             ok = (pd.isna(a) and pd.isna(b)) or a == b
-            lines.append(f"{'ok  ' if ok else 'DIFF'}  {dataset:<19} {name:<8} {metric:<20} {a!s:>18} {b!s:>18}")
+            fmt = "{:.0f}" if metric == "channels_pruned" else "{:.4f}"
+            a_text, b_text = fmt.format(a), fmt.format(b)
+            lines.append(f"{'ok  ' if ok else 'DIFF'}  {dataset:<19} {name:<8} {metric:<20} {a_text:>10} {b_text:>10}")
     return lines
 
 
@@ -201,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             heads += headline(dataset, fresh, result_files(dataset), read)
     print("\nfiles (inference-only: counts identical, floats within 1e-5 relative; trained: the study's spread)")
     print("\n".join(v.line() for v in verdicts))
-    print("\nheadline figures (goodnet.csv, test data)             committed              fresh")
+    print(f"\nheadline figures (goodnet.csv, test data, percent){'committed':>23} {'fresh':>10}")
     print("\n".join(heads))
     failed = [v for v in verdicts if v.agrees is False] + [h for h in heads if h.startswith("DIFF")]
     print(
