@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from lib import rows
 from lib.datasets import ImageSet
 from lib.metrics import accuracy, attack_success_columns
 from lib.models import predict_classes
@@ -97,12 +98,29 @@ def evaluation_row(model: Evaluated, clean_labels: np.ndarray, target_labels: di
     }
 
 
-def evaluation_table(models: Sequence[Evaluated], test: TestData) -> pd.DataFrame:
+def evaluation_table(
+    models: Sequence[Evaluated], clean_labels: np.ndarray, target_labels: dict[str, np.ndarray]
+) -> pd.DataFrame:
     """``goodnet.csv`` / ``fine_pruning.csv``: one row per model, test accuracy and ASR in percent.
 
-    With no poisoned test data (none published) the ASR column is NaN.
+    ``target_labels`` maps each trigger to the labels of its test set (empty when no poisoned data is
+    published: the ASR column is then NaN).
     """
-    return pd.DataFrame([evaluation_row(m, test.clean.labels, test.target_labels) for m in models])
+    return pd.DataFrame([evaluation_row(m, clean_labels, target_labels) for m in models])
+
+
+def goodnet_table(
+    badnet: Evaluated,
+    pruned: Sequence[Evaluated],
+    clean_labels: np.ndarray,
+    target_labels: dict[str, np.ndarray],
+    n_classes: int,
+) -> pd.DataFrame:
+    """``goodnet.csv``: B, then for each threshold B' and its GoodNet G (``lib.rows`` names them)."""
+    models = [badnet]
+    for bp in pruned:
+        models += [bp, goodnet_of(badnet, bp, rows.pruned(bp.threshold), n_classes)]
+    return evaluation_table(models, clean_labels, target_labels)
 
 
 def detection_rate(goodnet_poisoned: np.ndarray, n_classes: int) -> float:

@@ -1,4 +1,5 @@
-"""The five notebooks, run headlessly by papermill on a small demo scenario, produce the contract's files."""
+"""The five notebooks, run headlessly by papermill on a small demo scenario, produce the contract's files;
+a step reruns only when its inputs changed, and a results folder is always one consistent run."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from lib import pipeline
 from lib.finetune import FineTuneSettings
 from lib.paths import PROJECT_ROOT
 from lib.run_notebook import main as run_notebook
+
+pytestmark = pytest.mark.slow
 
 NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet", "05_fine_pruning"]
 SMALL_DEMO = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
@@ -62,6 +65,10 @@ def test_notebooks_write_the_contract_files(demo_run):
         "goodnet.csv",
         "goodnet.md",
         "fine_pruning.csv",
+        "fine_pruning.md",
+        "fine_tuning_history.csv",
+        "trained_on.json",
+        "run.json",
         "models/ft.h5",
     ]:
         assert (results / f).is_file(), f
@@ -111,22 +118,25 @@ def test_bprime_models_match_their_thresholds(demo_run):
         assert np.all(kernel[..., pruned] == 0) and np.count_nonzero(np.abs(kernel).sum(axis=(0, 1, 2)) == 0) >= k
 
 
-def test_goodnet_csv_follows_the_contract(demo_run):
+def test_goodnet_and_fine_pruning_csv_follow_the_contract(demo_run):
+    """Each step writes its own rows: B, B' and G in goodnet.csv; FT, GFT, FP and GFP in fine_pruning.csv."""
     _, results = demo_run
-    table = pd.read_csv(results / "goodnet.csv")
-    assert list(table.columns) == ["model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"]
-    assert table.loc[0, "model"] == "B"
+    columns = ["model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"]
+    goodnet, fine = pd.read_csv(results / "goodnet.csv"), pd.read_csv(results / "fine_pruning.csv")
+    assert list(goodnet.columns) == columns == list(fine.columns)
     chosen = pd.read_csv(results / "thresholds.csv").dropna(subset=["channels_pruned"])
-    expected = ["B"] + [m for t in chosen["threshold"] for m in (f"B'_{t:g}%", f"G_{t:g}%")] + ["FT", "GFT"]
-    expected += [m for t in chosen["threshold"] for m in (f"FP_{t:g}%", f"GFP_{t:g}%")]
-    assert table["model"].tolist() == expected
+    assert goodnet["model"].tolist() == ["B"] + [m for t in chosen["threshold"] for m in (f"B'_{t:g}%", f"G_{t:g}%")]
+    expected = ["FT", "GFT"] + [m for t in chosen["threshold"] for m in (f"FP_{t:g}%", f"GFP_{t:g}%")]
+    assert fine["model"].tolist() == expected
     assert "| model" in (results / "goodnet.md").read_text()
+    both = (results / "fine_pruning.md").read_text()
+    assert all(f"| {m} " in both for m in [*goodnet["model"], *fine["model"]]), "fine_pruning.md shows both steps"
 
 
 def test_fine_pruned_models_keep_their_channels_pruned(demo_run):
     _, results = demo_run
     sweep = pd.read_csv(results / "sweep.csv")
-    history = pd.read_csv(results / "fine_pruning.csv")
+    history = pd.read_csv(results / "fine_tuning_history.csv")
     for row in pd.read_csv(results / "thresholds.csv").dropna(subset=["channels_pruned"]).itertuples():
         k = int(row.channels_pruned)
         kernel, bias = (
@@ -147,7 +157,9 @@ def test_saved_goodnets_answer_as_the_table_says(demo_run, monkeypatch):
     from lib.metrics import accuracy
 
     data, results = demo_run
-    table = pd.read_csv(results / "goodnet.csv").set_index("model")
+    table = pd.concat([pd.read_csv(results / "goodnet.csv"), pd.read_csv(results / "fine_pruning.csv")]).set_index(
+        "model"
+    )
     clean, triggered = load_image_set(data / "cl" / "test.h5"), load_image_set(data / "bd" / "bd_test.h5")
     files = {f"G_{t:g}%": f"bprime_{t:g}" for t in table["threshold"].dropna().unique()}
     files.update({f"GFP_{t:g}%": f"fp_{t:g}" for t in table["threshold"].dropna().unique()} | {"GFT": "ft"})
@@ -230,7 +242,7 @@ def test_sweep_is_deterministic(demo_run, isolated_roots):
     shutil.copytree(data, new_data / "demo")
     (new_results / "demo").mkdir(parents=True)
     shutil.copy(results / "activations.csv", new_results / "demo" / "activations.csv")
-    scenario = pipeline.load_scenario("demo")
+    scenario = pipeline.load_scenario(pipeline.workspace("demo"))
     pipeline.analyse_activations(scenario, progress=False)
     pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
     pipeline.evaluate_goodnets(scenario, progress=False)
@@ -241,7 +253,8 @@ def test_sweep_is_deterministic(demo_run, isolated_roots):
         path.write_bytes(b"an earlier run's model")
     pipeline.fine_prune(scenario, FineTuneSettings(epochs=3), progress=False)
     assert not any(path.exists() for path in stale)
-    for f in ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md", "fine_pruning.csv"]:
+    written = ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md", "fine_pruning.csv"]
+    for f in [*written, "fine_tuning_history.csv", "trained_on.json"]:
         assert (new_results / "demo" / f).read_bytes() == (results / f).read_bytes(), f
 
 
@@ -262,6 +275,7 @@ def test_an_interrupted_run_leaves_nothing_and_reruns_cleanly(demo_run, tmp_path
         str(out),
         "-p",
         "dataset=demo",
+        "--force",  # its results are current: only a forced run writes anything
     ]
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60

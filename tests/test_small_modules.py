@@ -19,17 +19,10 @@ from lib.activations import (
     pruning_order,
 )
 from lib.datasets import save_image_set
-from lib.goodnet import (
-    GOODNET_COLUMNS,
-    Evaluated,
-    combine,
-    detection_rate,
-    goodnet_classes,
-    goodnet_table,
-    markdown_table,
-)
+from lib.goodnet import MODEL_COLUMNS, Evaluated, combine, detection_rate, goodnet_classes, goodnet_table
 from lib.metrics import accuracy, attack_success_rate
 from lib.pruning import copy_channels, prune_channels
+from lib.tables import markdown_table
 
 # --- metrics -------------------------------------------------------------------------------------
 
@@ -238,7 +231,7 @@ def test_goodnet_table_rows_and_columns():
     table = goodnet_table(badnet, pruned, CLEAN_LABELS, TARGET_LABELS, N_CLASSES)
     assert (
         list(table.columns)
-        == GOODNET_COLUMNS
+        == MODEL_COLUMNS
         == [
             "model",
             "threshold",
@@ -295,7 +288,7 @@ def test_without_poisoned_data_the_asr_is_not_measured():
     badnet = Evaluated("B", None, 0, np.array([0, 1]), {})
     bprime = Evaluated("B'_2%", 2.0, 1, np.array([0, 2]), {})
     rows = goodnet_table(badnet, [bprime], np.array([0, 1]), {}, N_CLASSES).set_index("model")
-    assert list(rows.columns) == GOODNET_COLUMNS[1:]
+    assert list(rows.columns) == MODEL_COLUMNS[1:]
     assert rows["attack_success_rate"].isna().all()
     assert rows.loc["G_2%", "clean_accuracy"] == pytest.approx(50.0)
 
@@ -317,7 +310,7 @@ def test_markdown_table_is_a_github_table():
     assert text.endswith("\n")
     assert len(lines) == 2 + len(table)
     assert all(line.startswith("|") and line.endswith("|") for line in lines)
-    assert [c.strip() for c in lines[0].strip("|").split("|")] == GOODNET_COLUMNS
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == MODEL_COLUMNS
     assert set(lines[1]) <= set("|:-"), lines[1]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert [row[0] for row in cells] == ["B", "B'_2%", "G_2%", "B'_4.5%", "G_4.5%"]

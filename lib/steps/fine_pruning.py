@@ -74,7 +74,7 @@ def fine_prune(
             histories.append(history.assign(model=row.name)[["model", *history.columns]])
             repaired = evaluate(tuned, row, len(channels), test, batch_size)
             evaluated += [repaired, goodnet_of(b, repaired, row, scenario.n_classes)]
-        table = evaluation_table(evaluated, test)
+        table = evaluation_table(evaluated, test.clean.labels, test.target_labels)
         history = pd.concat(histories, ignore_index=True)
         both = pd.concat([pruning_rows, table], ignore_index=True)
         write_csv(table, results.fine_pruning_csv)

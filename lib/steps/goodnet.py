@@ -10,7 +10,7 @@ import pandas as pd
 from lib import activations as act
 from lib import plots, provenance, rows
 from lib.atomic import write_text
-from lib.goodnet import TestData, evaluate, evaluation_table, goodnet_of
+from lib.goodnet import TestData, evaluate, goodnet_table
 from lib.goodnet_model import build_goodnet, save_goodnet
 from lib.models import load_model_file
 from lib.scenario import Scenario
@@ -45,15 +45,14 @@ def evaluate_goodnets(
         pruned = read_pruned(scenario)
         test = load_test_data(scenario)
         b = evaluate(scenario.badnet, rows.badnet(), 0, test, batch_size)
-        evaluated, goodnets = [b], []
+        evaluated, goodnets = [], []
         for p in tqdm(pruned, desc="B' models", unit="model", disable=not progress):
             bprime = load_model_file(p.path)
             goodnets.append(save_goodnet(build_goodnet(scenario.badnet, bprime), results.goodnet_model(p.path)))
-            repaired = evaluate(bprime, rows.pruned(p.threshold), len(p.channels), test, batch_size)
-            evaluated += [repaired, goodnet_of(b, repaired, rows.pruned(p.threshold), scenario.n_classes)]
+            evaluated.append(evaluate(bprime, rows.pruned(p.threshold), len(p.channels), test, batch_size))
         for stale in set(results.models.glob("goodnet_bprime_*.keras")) - set(goodnets):
             stale.unlink()
-        table = evaluation_table(evaluated, test)
+        table = goodnet_table(b, evaluated, test.clean.labels, test.target_labels, scenario.n_classes)
         write_csv(table, results.goodnet_csv)
         write_text(results.goodnet_md, markdown_table(table))
         figure = plots.plot_goodnet(table, title=f"{ws.dataset}: B, pruned B' and GoodNet G on test data")
