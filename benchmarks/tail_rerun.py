@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from lib.sweep import DEFAULT_BATCH_SIZE
+from lib.sweep import DEFAULT_BATCH_SIZE, tail_model
 
 
 def tail_rerun_predictions(
@@ -23,7 +23,7 @@ def tail_rerun_predictions(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[np.ndarray]:
     """Predicted classes for each set, (len(order) + 1, n_set): row k with ``order[:k]`` pruned."""
-    tail = keras.Model(model.get_layer(pool_layer).output, model.outputs[0], name=f"tail_after_{pool_layer}")
+    tail = tail_model(model, pool_layer)
     result = []
     for pooled in pooled_sets:
         keep = np.ones(pooled.shape[-1], dtype=np.float32)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -65,6 +66,7 @@ __all__ = [
     "naive_predictions",
     "run_pruning_sweep",
     "sweep_table",
+    "tail_model",
     "threshold_steps",
     "validate_thresholds",
 ]
@@ -72,8 +74,19 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 1024
 #: Relative gap between the two best scores under which a class is a near tie (see the module docstring).
 DEFAULT_TIE_MARGIN = 1e-3
+#: Tail sub-models already built, per model (see ``lib.activations.prefix_model``: the same reason).
+_TAILS: weakref.WeakKeyDictionary[keras.Model, dict[str, keras.Model]] = weakref.WeakKeyDictionary()
 #: How many times the closed form hands back to Python (and the progress bar moves) during a sweep.
 _PROGRESS_UPDATES = 10
+
+
+def tail_model(model: keras.Model, pool_layer: str) -> keras.Model:
+    """The layers after ``pool_layer`` as a sub-model from its output (built once per model and layer)."""
+    built = _TAILS.setdefault(model, {})
+    if pool_layer not in built:
+        pool = model.get_layer(pool_layer)
+        built[pool_layer] = keras.Model(pool.output, model.outputs[0], name=f"tail_after_{pool_layer}")
+    return built[pool_layer]
 
 
 class Strategy(enum.Enum):
@@ -176,9 +189,8 @@ class SweepEngine:
         check_prunable(model, conv_layer, pool_layer)
         self.model, self.conv_layer, self.pool_layer = model, conv_layer, pool_layer
         self.batch_size, self.tie_margin = batch_size, tie_margin
-        pool = model.get_layer(pool_layer)
         #: The layers after the pooling layer, as a Keras sub-model.
-        self.tail = keras.Model(pool.output, model.outputs[0], name=f"tail_after_{pool_layer}")
+        self.tail = tail_model(model, pool_layer)
         #: The tail in closed form when the strategy is ``Strategy.CLOSED_FORM``, else None.
         self.closed_form = ClosedFormTail.recognise(self.tail) if strategy is not Strategy.KERAS_TAIL else None
         if strategy is Strategy.CLOSED_FORM and self.closed_form is None:

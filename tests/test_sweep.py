@@ -10,7 +10,7 @@ from keras import layers
 
 from lib.activations import mean_channel_activations, pool_activations, pruning_order
 from lib.errors import InputError
-from lib.sweep import Strategy, SweepEngine, naive_predictions, threshold_steps, validate_thresholds
+from lib.sweep import Strategy, SweepEngine, naive_predictions, tail_model, threshold_steps, validate_thresholds
 
 
 def _sweep_vs_naive(model, image_sets, batch_size, steps=None, strategy=None):
@@ -195,6 +195,23 @@ def test_closed_form_state_memory_is_freed_when_dropped():
         assert all(ref() is None for ref in gone)
     finally:
         gc.enable()
+
+
+def test_sub_models_are_built_once_and_let_their_model_go():
+    """Repeated sweeps of a model reuse its prefix and tail sub-models (and so their compiled predict
+    steps), without keeping a model alive that the caller dropped."""
+    import gc
+    import weakref
+
+    from lib.activations import prefix_model
+
+    model = tiny_deepid()
+    assert prefix_model(model, "pool_3") is prefix_model(model, "pool_3")
+    assert tail_model(model, "pool_3") is SweepEngine(model, "conv_3", "pool_3").tail
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
 
 
 def test_real_csaw_weights_sweep_equals_naive_at_every_step(lab3_model):
