@@ -214,6 +214,7 @@ def test_sub_models_are_built_once_and_let_their_model_go():
     assert gone() is None
 
 
+@pytest.mark.slow
 def test_real_csaw_weights_sweep_equals_naive_at_every_step(lab3_model):
     """The acceptance test: the real lab-3 BadNet, 60 channels, two sets with partial last batches."""
     sets = [smooth_images(700, 0), smooth_images(450, 1)]
