@@ -6,10 +6,12 @@ Contenders, timed in one run and interleaved round by round:
 
 * ``naive``   prune a copy of B and re-run the whole network on both sets, for every step. Measured on a
               few steps and extrapolated to the 61 evaluations of a sweep (labelled as such);
-* ``tail``    the layers up to ``pool_3`` once, then the whole tail sub-model on every image, every step;
+* ``tail``    the layers up to ``pool_3`` once, then the whole tail sub-model on every image, every step
+              (``benchmarks/tail_rerun.py``);
 * ``engine``  ``lib.sweep.SweepEngine`` (prefix once, then per step only the images the pruned channel
-              touches, through the closed-form CSAW tail; near ties settled by the Keras tail);
-* ``keras``   the same engine with ``closed_form=False``: the path any other tail takes (the tail
+              touches, through the closed-form CSAW tail; near ties settled by the Keras tail), its time
+              split into the prefix pass, the steps and the near ties;
+* ``keras``   the same engine with ``Strategy.KERAS_TAIL``: the path any other tail takes (the tail
               sub-model on the reference batches that hold a touched image);
 * ``forward`` one forward pass of B over the same images: the floor the engine is compared with.
 
@@ -17,6 +19,9 @@ Inputs: the real lab-3 validation sets (``data/csaw-lab3``) when present; otherw
 stand-ins of the same sizes (11,547 clean + 11,547 triggered): synthetic faces from ``lib.demo``,
 the second set wearing the sunglasses trigger. The engine reads them from HDF5 files batch by batch,
 in a child process whose peak resident memory is reported.
+
+The processor's model and SIMD features are printed first: the engine's steps are matrix products,
+the prefix pass convolutions, and the two scale differently from one processor to another.
 
 All sweeps must give identical predictions (the engine, ``keras`` and ``tail`` at every step, ``naive`` at
 the steps it measured); otherwise the benchmark exits 1. The last line is machine-readable:
@@ -44,6 +49,19 @@ sys.path.insert(0, str(ROOT))
 
 N_PER_SET = 11547
 CONV, POOL = "conv_3", "pool_3"
+SIMD_FEATURES = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def weights_file() -> Path:
@@ -77,6 +95,22 @@ def input_files(workdir: Path) -> tuple[list[Path], str]:
     save_image_set(paths[0], clean[:N_PER_SET], labels[:N_PER_SET])
     save_image_set(paths[1], triggered[:N_PER_SET], np.zeros(N_PER_SET))
     return paths, "stand-in images (synthetic faces of lib.demo, 1283 identities; the second set with sunglasses)"
+
+
+def processor() -> str:
+    """The processor's model name and the SIMD features that decide its float32 matrix speed."""
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in info.read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    name, family, number = (fields.get(k, "?") for k in ("model name", "cpu family", "model"))
+    model = f"{name} (family {family}, model {number})"
+    flags = set(fields.get("flags", "").split())
+    simd = [f for f in SIMD_FEATURES if f in flags]
+    return f"{model}; SIMD: {' '.join(simd) or 'none of ' + ' '.join(SIMD_FEATURES)}"
 
 
 def peak_rss_mb() -> float:
@@ -115,11 +149,14 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    import tensorflow as tf
+
+    from benchmarks.tail_rerun import tail_rerun_predictions
     from lib.activations import mean_channel_activations, pool_activations, pruning_order
     from lib.datasets import load_image_set
     from lib.models import load_model_file
     from lib.reproducibility import make_deterministic
-    from lib.sweep import SweepEngine, naive_predictions
+    from lib.sweep import Strategy, SweepEngine, naive_predictions
 
     make_deterministic()
     weights = weights_file()
@@ -127,8 +164,8 @@ def main() -> int:
         paths, what = input_files(Path(tmp))
         print(f"weights: {weights}\ninputs:  {what}")
         print(
-            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
-            f"{platform.python_version()}"
+            f"machine: {processor()}; {os.cpu_count()} cores; python {platform.python_version()}, "
+            f"tensorflow {tf.__version__}"
         )
 
         ctx = mp.get_context("spawn")
@@ -145,12 +182,15 @@ def main() -> int:
             "forward": [],
             "forward_batches": [],
             "engine": [],
+            "prefix": [],
+            "steps": [],
+            "ties": [],
             "keras": [],
             "tail": [],
             "naive_step": [],
         }
         engine_preds = tail_preds = keras_preds = None
-        evaluated = closed_form_evaluated = near_ties = 0
+        stats = None
         naive_ok = True
         rng = np.random.default_rng(0)
         for r in range(args.rounds):
@@ -166,24 +206,24 @@ def main() -> int:
 
             t = time.perf_counter()
             pooled = [pool_activations(model, s, POOL, progress=False) for s in sets]
+            times["prefix"].append(time.perf_counter() - t)
             order = pruning_order(mean_channel_activations(pooled[0]))
-            engine = SweepEngine(model, CONV, POOL)
-            engine_preds = engine.predictions(pooled, order, progress=False)
+            run = SweepEngine(model, CONV, POOL).run(pooled, order, progress=False)
             times["engine"].append(time.perf_counter() - t)
-            evaluated, closed_form_evaluated, near_ties = (
-                engine.evaluated,
-                engine.closed_form_evaluated,
-                engine.near_ties,
-            )
+            engine_preds, stats = run.predictions, run.stats
+            times["steps"].append(stats.seconds_steps)
+            times["ties"].append(stats.seconds_ties)
 
             t = time.perf_counter()
             pooled = [pool_activations(model, s, POOL, progress=False) for s in sets]
-            keras_preds = SweepEngine(model, CONV, POOL, closed_form=False).predictions(pooled, order, progress=False)
+            keras_preds = SweepEngine(model, CONV, POOL, strategy=Strategy.KERAS_TAIL).predictions(
+                pooled, order, progress=False
+            )
             times["keras"].append(time.perf_counter() - t)
 
             t = time.perf_counter()
             pooled = [pool_activations(model, s, POOL, progress=False) for s in sets]
-            tail_preds = SweepEngine(model, CONV, POOL, mode="tail").predictions(pooled, order, progress=False)
+            tail_preds = tail_rerun_predictions(model, POOL, pooled, order)
             times["tail"].append(time.perf_counter() - t)
 
             steps = sorted(rng.choice(np.arange(1, 61), size=args.naive_steps, replace=False).tolist())
@@ -195,7 +235,8 @@ def main() -> int:
                     naive_ok &= bool(np.array_equal(e[k], n))
             print(
                 f"round {r + 1}: forward {times['forward'][-1]:.1f} s (batch loop "
-                f"{times['forward_batches'][-1]:.1f} s), engine {times['engine'][-1]:.1f} s, "
+                f"{times['forward_batches'][-1]:.1f} s), engine {times['engine'][-1]:.1f} s (prefix "
+                f"{times['prefix'][-1]:.1f} + steps {times['steps'][-1]:.1f} + ties {times['ties'][-1]:.1f}), "
                 f"keras path {times['keras'][-1]:.1f} s, tail {times['tail'][-1]:.1f} s, "
                 f"naive {times['naive_step'][-1]:.1f} s/step (steps {steps})"
             )
@@ -203,6 +244,7 @@ def main() -> int:
     tail_ok = all(np.array_equal(e, t) for e, t in zip(engine_preds, tail_preds, strict=False))
     keras_ok = all(np.array_equal(e, t) for e, t in zip(engine_preds, keras_preds, strict=False))
     child_ok = [p.sum() for p in engine_preds] == child_sums
+    best_round = int(np.argmin(times["engine"]))
     best = {k: min(v) for k, v in times.items()}
     best["forward"] = min(best["forward"], best.pop("forward_batches"))  # the faster way is the floor
     naive_sweep = best["naive_step"] * 61  # B itself plus 60 pruned models
@@ -217,10 +259,15 @@ def main() -> int:
     )
     print(
         f"engine sweep (prefix incl.):   {best['engine']:7.1f} s   (per image: "
-        f"{closed_form_evaluated / n_images:.1f} closed-form evaluations, {evaluated / n_images:.1f} Keras tail "
-        f"evaluations; {near_ties} near ties; naive and tail: 61)"
+        f"{stats.closed_form_evaluations / n_images:.1f} closed-form evaluations, "
+        f"{stats.keras_evaluations / n_images:.1f} Keras tail evaluations; {stats.near_ties} near ties; naive and "
+        f"tail: 61)"
     )
-    print(f"engine, Keras path only:       {best['keras']:7.1f} s   (closed_form=False: what other tails get)")
+    print(
+        f"  of which (that round):       prefix {times['prefix'][best_round]:.1f} s, steps "
+        f"{times['steps'][best_round]:.1f} s, near ties {times['ties'][best_round]:.1f} s"
+    )
+    print(f"engine, Keras path only:       {best['keras']:7.1f} s   (Strategy.KERAS_TAIL: what other tails get)")
     print(f"cached prefix + tail re-run:   {best['tail']:7.1f} s")
     print(f"naive re-evaluation:           {naive_sweep:7.1f} s   (EXTRAPOLATED: {best['naive_step']:.1f} s/step x 61)")
     print(f"engine from HDF5, own process: {child_seconds:7.1f} s, peak resident memory {peak_mb:,.0f} MB")

@@ -10,37 +10,41 @@ from keras import layers
 
 from lib.activations import mean_channel_activations, pool_activations, pruning_order
 from lib.errors import InputError
-from lib.sweep import SweepEngine, naive_predictions, threshold_steps, validate_thresholds
+from lib.sweep import Strategy, SweepEngine, naive_predictions, tail_model, threshold_steps, validate_thresholds
 
 
-def _sweep_vs_naive(model, image_sets, batch_size, steps=None, mode="changed", closed_form=True):
+def _sweep_vs_naive(model, image_sets, batch_size, steps=None, strategy=None):
+    """The engine's sweep, checked against the naive re-run at ``steps`` (default: all); (engine, its stats)."""
     pooled = [pool_activations(model, x, "pool_3", batch_size=batch_size, progress=False) for x in image_sets]
     order = pruning_order(mean_channel_activations(pooled[0]))
-    engine = SweepEngine(model, "conv_3", "pool_3", batch_size=batch_size, mode=mode, closed_form=closed_form)
-    fast = engine.predictions(pooled, order, progress=False)
+    engine = SweepEngine(model, "conv_3", "pool_3", batch_size=batch_size, strategy=strategy)
+    run = engine.run(pooled, order, progress=False)
+    fast = run.predictions
     steps = range(len(order) + 1) if steps is None else steps
     naive = naive_predictions(model, "conv_3", image_sets, order, steps, batch_size=batch_size)
     for k in steps:
         for s, (f, n) in enumerate(zip(fast, naive[k], strict=False)):
             diff = np.flatnonzero(f[k] != n)
             assert diff.size == 0, f"step {k}, set {s}: images {diff[:10]} differ"
-    return engine, fast
+    return engine, run.stats, fast
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sweep_equals_naive_on_random_models(seed):
-    engine, _ = _sweep_vs_naive(
+    engine, stats, _ = _sweep_vs_naive(
         tiny_deepid(seed=seed), [tiny_images(300, seed), tiny_images(130, seed + 10)], batch_size=64
     )
-    assert engine.linear is not None and engine.closed_form_evaluated > 0, "the CSAW head goes through the closed form"
+    assert engine.strategy is Strategy.CLOSED_FORM and stats.closed_form_evaluations > 0, (
+        "the CSAW head goes through the closed form"
+    )
 
 
 def test_keras_path_for_the_csaw_head_equals_naive():
-    """The path every other tail takes, forced on the CSAW head (``closed_form=False``)."""
-    engine, _ = _sweep_vs_naive(
-        tiny_deepid(seed=11), [tiny_images(300, 11), tiny_images(130, 21)], batch_size=64, closed_form=False
+    """The path every other tail takes, forced on the CSAW head (``Strategy.KERAS_TAIL``)."""
+    engine, stats, _ = _sweep_vs_naive(
+        tiny_deepid(seed=11), [tiny_images(300, 11), tiny_images(130, 21)], batch_size=64, strategy=Strategy.KERAS_TAIL
     )
-    assert engine.linear is None and engine.closed_form_evaluated == 0
+    assert engine.strategy is Strategy.KERAS_TAIL and stats.closed_form_evaluations == 0
 
 
 def _head_variant(kind, seed=12):
@@ -59,8 +63,8 @@ def _head_variant(kind, seed=12):
 @pytest.mark.parametrize("kind", ["tanh conv", "subtract", "linear output"])
 def test_near_miss_heads_fall_back_to_the_keras_path(kind):
     model = _head_variant(kind)
-    engine, _ = _sweep_vs_naive(model, [tiny_images(120, 13)], batch_size=32)
-    assert engine.linear is None
+    engine, _, _ = _sweep_vs_naive(model, [tiny_images(120, 13)], batch_size=32)
+    assert engine.strategy is Strategy.KERAS_TAIL
 
 
 def test_exact_ties_are_broken_as_keras_does():
@@ -73,9 +77,9 @@ def test_exact_ties_are_broken_as_keras_does():
     kernel[:, 1] += 50.0 * np.abs(kernel).max()  # make class 1 (and its twin 4) win often
     kernel[:, 4] = kernel[:, 1]
     out.set_weights([kernel, bias])
-    engine, fast = _sweep_vs_naive(model, [tiny_images(200, 5)], batch_size=64)
+    engine, stats, fast = _sweep_vs_naive(model, [tiny_images(200, 5)], batch_size=64)
     assert not np.any(fast[0] == 4)
-    assert engine.linear is not None and engine.near_ties > 0, "the ties are settled by the Keras tail"
+    assert engine.strategy is Strategy.CLOSED_FORM and stats.near_ties > 0, "the ties are settled by the Keras tail"
 
 
 def test_any_tail_after_the_pooling_layer_is_exact():
@@ -87,18 +91,27 @@ def test_any_tail_after_the_pooling_layer_is_exact():
     y = layers.Activation("tanh")(p)  # not linear: no incremental fast path
     y = layers.Dense(6, activation="softmax")(layers.Flatten()(y))
     model = keras.Model(x, y)
-    engine, _ = _sweep_vs_naive(model, [tiny_images(150, 6), tiny_images(70, 7)], batch_size=32)
-    assert engine.linear is None, "not the CSAW form: the Keras path"
+    engine, _, _ = _sweep_vs_naive(model, [tiny_images(150, 6), tiny_images(70, 7)], batch_size=32)
+    assert engine.strategy is Strategy.KERAS_TAIL, "not the CSAW form: the Keras path"
 
 
-@pytest.mark.parametrize("mode", ["tail"])
-def test_all_modes_agree(mode):
+def test_the_closed_form_is_refused_for_another_tail():
+    with pytest.raises(InputError, match="strategy"):
+        SweepEngine(_head_variant("subtract"), "conv_3", "pool_3", strategy=Strategy.CLOSED_FORM)
+    with pytest.raises(InputError, match="strategy"):
+        SweepEngine(tiny_deepid(), "conv_3", "pool_3", strategy="fast")
+
+
+def test_the_benchmark_baseline_agrees():
+    """The benchmark's cached-prefix baseline (the whole tail re-run every step) gives the engine's predictions."""
+    from benchmarks.tail_rerun import tail_rerun_predictions
+
     model = tiny_deepid(seed=8)
     sets = [tiny_images(200, 8)]
     pooled = [pool_activations(model, x, "pool_3", batch_size=50, progress=False) for x in sets]
     order = pruning_order(mean_channel_activations(pooled[0]))
     a = SweepEngine(model, "conv_3", "pool_3", batch_size=50).predictions(pooled, order, progress=False)
-    b = SweepEngine(model, "conv_3", "pool_3", batch_size=50, mode=mode).predictions(pooled, order, progress=False)
+    b = tail_rerun_predictions(model, "pool_3", pooled, order, batch_size=50)
     np.testing.assert_array_equal(a[0], b[0])
 
 
@@ -106,26 +119,25 @@ def test_unaffected_images_are_not_reevaluated():
     model = tiny_deepid(seed=9)
     pooled = pool_activations(model, tiny_images(100, 9), "pool_3", progress=False)
     order = pruning_order(mean_channel_activations(pooled))
-    engine = SweepEngine(model, "conv_3", "pool_3", batch_size=10)
-    engine.predictions([pooled], order, progress=False)
+    stats = SweepEngine(model, "conv_3", "pool_3", batch_size=10).run([pooled], order, progress=False).stats
     touched = [np.flatnonzero(pooled[..., c].reshape(100, -1).any(axis=1)) for c in order]
     touched_batches = sum(len(np.unique(t // 10)) for t in touched)
-    assert engine.closed_form_evaluated == 100 + sum(len(t) for t in touched), (
+    assert stats.closed_form_evaluations == 100 + sum(len(t) for t in touched), (
         "the unpruned model, then the touched images"
     )
-    assert engine.evaluated <= 10 * engine.near_ties, (
+    assert stats.keras_evaluations <= 10 * stats.near_ties, (
         "the Keras tail only settles near ties, in batches of the reference size"
     )
-    keras_path = SweepEngine(model, "conv_3", "pool_3", batch_size=10, closed_form=False)
-    keras_path.predictions([pooled], order, progress=False)
-    assert keras_path.evaluated <= 100 + 10 * touched_batches + 10 * keras_path.near_ties
-    assert keras_path.evaluated < 100 * (len(order) + 1)
+    keras_path = SweepEngine(model, "conv_3", "pool_3", batch_size=10, strategy=Strategy.KERAS_TAIL)
+    keras_stats = keras_path.run([pooled], order, progress=False).stats
+    assert keras_stats.keras_evaluations <= 100 + 10 * touched_batches + 10 * keras_stats.near_ties
+    assert keras_stats.keras_evaluations < 100 * (len(order) + 1)
 
 
 def test_best_and_gap_matches_a_plain_top_two():
     """The closed form's block-wise top two, on 37 classes (3 blocks, padded): the first of equal maxima
     wins as in argmax, and a NaN anywhere or an infinite best gives a NaN gap (a near tie)."""
-    tail = SweepEngine(tiny_deepid(n_classes=37), "conv_3", "pool_3").linear
+    tail = SweepEngine(tiny_deepid(n_classes=37), "conv_3", "pool_3").closed_form
     rng = np.random.default_rng(0)
     z = rng.normal(size=(200, 37)).astype(np.float32)
     z[1, [3, 30]] = 9.0  # exact tie across blocks
@@ -148,7 +160,7 @@ def test_closed_form_state_is_the_same_in_any_chunking(lab3_model):
     """A step runs over its images in chunks inside one compiled call: chunk boundaries (here 7 images,
     not dividing 120) and the images' order change nothing beyond rounding, and an empty step is fine."""
     pooled = pool_activations(lab3_model, smooth_images(120, 3), "pool_3", progress=False)
-    tail = SweepEngine(lab3_model, "conv_3", "pool_3").linear
+    tail = SweepEngine(lab3_model, "conv_3", "pool_3").closed_form
     order = pruning_order(mean_channel_activations(pooled))
     whole, chunked = tail.start(pooled, chunk=1024), tail.start(pooled, chunk=7)
     clear = whole.initial_gaps > 1e-3
@@ -175,7 +187,7 @@ def test_closed_form_state_memory_is_freed_when_dropped():
 
     model = tiny_deepid()
     pooled = pool_activations(model, tiny_images(50), "pool_3", progress=False)
-    state = SweepEngine(model, "conv_3", "pool_3").linear.start(pooled)
+    state = SweepEngine(model, "conv_3", "pool_3").closed_form.start(pooled)
     gone = weakref.ref(state), weakref.ref(state._c4)
     gc.disable()
     try:
@@ -185,12 +197,30 @@ def test_closed_form_state_memory_is_freed_when_dropped():
         gc.enable()
 
 
+def test_sub_models_are_built_once_and_let_their_model_go():
+    """Repeated sweeps of a model reuse its prefix and tail sub-models (and so their compiled predict
+    steps), without keeping a model alive that the caller dropped."""
+    import gc
+    import weakref
+
+    from lib.activations import prefix_model
+
+    model = tiny_deepid()
+    assert prefix_model(model, "pool_3") is prefix_model(model, "pool_3")
+    assert tail_model(model, "pool_3") is SweepEngine(model, "conv_3", "pool_3").tail
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
+
+
+@pytest.mark.slow
 def test_real_csaw_weights_sweep_equals_naive_at_every_step(lab3_model):
     """The acceptance test: the real lab-3 BadNet, 60 channels, two sets with partial last batches."""
     sets = [smooth_images(700, 0), smooth_images(450, 1)]
-    engine, _ = _sweep_vs_naive(lab3_model, sets, batch_size=256)
-    assert engine.linear is not None
-    assert engine.evaluated + engine.closed_form_evaluated < 1150 * 61
+    engine, stats, _ = _sweep_vs_naive(lab3_model, sets, batch_size=256)
+    assert engine.strategy is Strategy.CLOSED_FORM
+    assert stats.keras_evaluations + stats.closed_form_evaluations < 1150 * 61
 
 
 def test_engine_refuses_models_it_cannot_prune():
@@ -264,7 +294,7 @@ def test_closed_form_logits_are_far_closer_to_keras_than_its_margin(lab3_model):
     pooled = pool_activations(lab3_model, smooth_images(600, 5), "pool_3", batch_size=256, progress=False)
     order = pruning_order(mean_channel_activations(pooled))
     engine = SweepEngine(lab3_model, "conv_3", "pool_3", batch_size=256)
-    state = engine.linear.start(pooled)
+    state = engine.closed_form.start(pooled)
     keep = np.ones(pooled.shape[-1], dtype=np.float32)
     worst = 0.0
     for k, channel in enumerate(order, start=1):
