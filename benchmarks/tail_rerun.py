@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from lib.sweep import DEFAULT_BATCH_SIZE, tail_model
+from lib.models import BATCH_SIZE
+from lib.sweep import tail_model
 
 
 def tail_rerun_predictions(
@@ -20,7 +21,7 @@ def tail_rerun_predictions(
     pool_layer: str,
     pooled_sets: Sequence[np.ndarray],
     order: Sequence[int],
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = BATCH_SIZE,
 ) -> list[np.ndarray]:
     """Predicted classes for each set, (len(order) + 1, n_set): row k with ``order[:k]`` pruned."""
     tail = tail_model(model, pool_layer)

@@ -17,8 +17,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lib.datasets import count_images, iter_image_batches
+from lib.models import BATCH_SIZE
 
-DEFAULT_BATCH_SIZE = 1024
 #: Prefix sub-models already built, per model: a fresh one traces its compiled predict step again on
 #: every call (about 0.1 s of a 3 s pass, and TensorFlow's retracing warnings). The cache lets the
 #: model go; the sub-model shares its layers and weights.
@@ -39,7 +39,7 @@ def pool_activations(
     model: keras.Model,
     images: np.ndarray | str | Path,
     pool_layer: str,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     desc: str = "pool activations",
 ) -> np.ndarray:

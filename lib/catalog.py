@@ -39,12 +39,17 @@ class InputScale(StrEnum):
     Fed the wrong scale, a network still answers, wrongly: nothing else would warn.
     """
 
-    RAW = "raw 0-255"
+    RAW = "raw"
     DIVIDED_BY_255 = "x/255"
 
     @property
     def divisor(self) -> float:
         return 1.0 if self is InputScale.RAW else 255.0
+
+    @property
+    def description(self) -> str:
+        """``raw 0-255`` or ``x/255``: how messages and tables name it."""
+        return "raw 0-255" if self is InputScale.RAW else "x/255"
 
 
 @dataclass(frozen=True)

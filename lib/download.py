@@ -318,7 +318,7 @@ def _build_badnet(job: _Job) -> _Entry:
     So later steps need not know the architecture, and ``python -m lib.eval`` on it is right as is.
     """
     target, weights = job.root / job.spec.badnet, job.root / WEIGHTS
-    job.say(f"{job.spec.badnet}: building the full model from {weights} (input: {job.spec.input_scale.value})")
+    job.say(f"{job.spec.badnet}: building the full model from {weights} (input: {job.spec.input_scale.description})")
     save_model(with_input_scale(load_model_file(weights), job.spec.input_scale, weights), target)
     return _Entry(target, sha256_of(target), "built", str(weights))
 

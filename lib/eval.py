@@ -47,8 +47,6 @@ import argparse
 import contextlib
 import io
 import logging
-import re
-import struct
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -58,49 +56,19 @@ from typing import NamedTuple, TextIO
 
 import keras
 import numpy as np
-from PIL import ExifTags, Image, ImageFile, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
+from lib.catalog import InputScale
 from lib.datasets import iter_image_batches
 from lib.errors import InputError
 from lib.goodnet_model import is_goodnet
-from lib.models import load_model_file, predict_classes
+from lib.images import FORMATS_TEXT, display_name, read_image, say
+from lib.input_scale import with_input_scale
+from lib.models import BATCH_SIZE, is_weights_only, load_model_file, predict_classes
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-# Pillow plugins tried, by content only: no other plugin ever reads an input (EPS/PS/PDF would start Ghostscript)
-ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
-FORMATS_TEXT = "PNG, JPEG, BMP, TIFF or WebP"
-# A face crop is about 47x55 (2,585 pixels); 4096x4096 is a whole 16-megapixel photo (48 MiB as RGB). The header's
-# size is checked against it before decoding, so that a file of a few KB cannot make the command decode gigabytes.
-MAX_SIDE = 4096
-MAX_PIXELS = MAX_SIDE * MAX_SIDE
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)  # what Pillow raises for a bad file
-# EXIF orientation -> what ImageOps.exif_transpose does to show the image upright
-ORIENTATIONS = {
-    2: "flipped left-right",
-    3: "rotated 180 degrees",
-    4: "flipped top-bottom",
-    5: "transposed (flipped about the main diagonal)",
-    6: "rotated 90 degrees clockwise",
-    7: "transversed (flipped about the other diagonal)",
-    8: "rotated 90 degrees counter-clockwise",
-}
-UNDECODABLE = re.compile("[\udc80-\udcff]")  # how os.fsdecode keeps bytes the file system encoding cannot decode
 MODEL_FIX = "pass --model a GoodNet saved by lib.goodnet_model.save_goodnet (.keras) or a BadNet (.h5/.keras)"
-INPUT_FIX = f"pass {FORMATS_TEXT} images or HDF5 files in the CSAW schema"
-
-
-def display_name(text: str) -> str:
-    """``text`` as one line printable in any locale: tab and newline as ``\\t`` and ``\\n``, a byte of a file name
-    that the file system encoding cannot decode as ``\\xNN``, other lone surrogates as ``\\udNNN``; valid names kept"""
-    text = UNDECODABLE.sub(lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}", text.replace("\t", "\\t").replace("\n", "\\n"))
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _say(log: TextIO, kind: str, what: str | Path, text: str) -> None:
-    """One stderr line ``KIND: WHAT: TEXT``, escaped as the names on stdout: no name can break or crash it."""
-    print(display_name(f"{kind}: {what}: {text}"), file=log)
 
 
 class Prediction(NamedTuple):
@@ -127,15 +95,32 @@ class _Source:
     image: np.ndarray | None = None  # (height, width, 3) float32; None for an HDF5 set
 
 
-def load_classifier(path: str | Path) -> tuple[keras.Model, bool]:
-    """The model and whether it is a GoodNet; a missing or unusable file is an ``InputError``."""
-    path = Path(path)
+def load_classifier(
+    path: str | Path, input_scale: InputScale | None = None, log: TextIO | None = None
+) -> tuple[keras.Model, bool]:
+    """The model, fed raw 0-255 pixels as it expects them, and whether it is a GoodNet.
+
+    A model saved by this project carries its input scale (``lib.input_scale``); a bare weights file says
+    nothing, so raw pixels are assumed (the lab-3 BadNet's) and a note says so, unless ``input_scale`` is
+    given. A missing or unusable file is an ``InputError``.
+    """
+    path, log = Path(path), log or sys.stderr
     if not path.is_file():
         raise InputError(path, "model file not found", MODEL_FIX)
     try:
         model = load_model_file(path)
+        if input_scale is not None:
+            model = with_input_scale(model, input_scale, path)
     except InputError as exc:  # its fixes speak of the notebooks; here the fix is another --model
         raise InputError(exc.what, exc.problem, MODEL_FIX) from None
+    if input_scale is None and is_weights_only(path):
+        say(
+            log,
+            "note",
+            path,
+            f"a weights file says nothing of its input scale: feeding {InputScale.RAW.description} pixels (the "
+            f"lab-3 BadNet's); the competition BadNets' weights take x/255: pass --input-scale x/255",
+        )
     shape = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else ()
     if len(shape) != 3 or shape[-1] != 3 or None in shape:
         raise InputError(path, f"the model takes inputs of shape {shape}, not RGB images (height, width, 3)", MODEL_FIX)
@@ -151,106 +136,6 @@ def _is_hdf5(path: Path) -> bool:
             return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
     except OSError:
         return False
-
-
-def _open(path: Path) -> ImageFile.ImageFile:
-    """The file opened by the plugin of the allowed format its content matches; no other plugin ever reads it."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS, lower, is checked next
-            return Image.open(path, formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError:  # Pillow refuses over twice its MAX_IMAGE_PIXELS before we see the size
-        raise _too_large(path, f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels") from None
-    except UnidentifiedImageError:
-        found = _signature_format(path)
-        if found in ALLOWED_FORMATS:
-            problem = f"not a readable image: a {found} file Pillow cannot parse (damaged, truncated or a rare variant)"
-            raise InputError(path, problem, INPUT_FIX) from None
-        content = f"its content is {found}, not" if found else "not a readable image: its content is none of"
-        problem = f"{content} {FORMATS_TEXT} (recognised by content, not by name)"
-        raise InputError(path, problem, "convert it to PNG or JPEG" if found else INPUT_FIX) from None
-    except DECODE_ERRORS as exc:
-        raise InputError(path, f"not a readable image ({exc.__class__.__name__}: {exc})", INPUT_FIX) from None
-
-
-def _signature_format(path: Path) -> str | None:
-    """The Pillow format whose signature the file starts with, by the plugins' byte checks alone (none parses it)."""
-    Image.init()
-    with path.open("rb") as f:
-        prefix = f.read(16)  # what Image.open hands the same checks
-    for name in Image.ID:
-        accept = Image.OPEN[name][1]  # None: a plugin without a signature, which would claim any file
-        with contextlib.suppress(SyntaxError, IndexError, TypeError, struct.error):  # as Image.open does
-            if accept is not None and accept(prefix):
-                return name
-    return None
-
-
-def _too_large(path: Path, size: str) -> InputError:
-    limit = f"the {MAX_PIXELS:,} ({MAX_SIDE}x{MAX_SIDE}) this command decodes"
-    return InputError(path, f"the image is {size}, more than {limit}", "crop the face from it and pass the crop")
-
-
-def _check_header(img: ImageFile.ImageFile, path: Path) -> None:
-    """Refuse, before decoding, what cannot be one 8-bit face: too many pixels, several frames, deep samples."""
-    (w, h), frames = img.size, getattr(img, "n_frames", 1)
-    if w * h > MAX_PIXELS:
-        raise _too_large(path, f"{w}x{h} (width x height), {w * h:,} pixels")
-    if frames > 1:
-        problem = f"the {img.format} file holds {frames} frames (animation, pages or multi-picture), not one image"
-        raise InputError(path, problem, "extract the frame you want into a file of its own, e.g. a PNG")
-    bits = 8  # as Pillow reads JPEG, BMP and WebP; it reads 16-bit RGB(A) PNG/TIFF as 8-bit without a word
-    if img.format == "TIFF":
-        bits = int(np.max(img.tag_v2.get(TiffImagePlugin.BITSPERSAMPLE, 1)))  # 1: TIFF's default
-    elif img.format == "PNG":
-        with path.open("rb") as f:
-            bits = f.read(25)[24]  # the bit depth in IHDR, which the PNG standard puts first
-    if bits > 8 or img.mode.startswith(("I", "F")):  # Pillow's 16/32-bit integer and float modes (I;16 etc.)
-        kind = "floating-point values" if img.mode == "F" else f"{bits}-bit per channel"
-        problem = f"its pixels are {kind} but the network takes 8-bit values 0-255"
-        raise InputError(path, problem, "save it as an 8-bit RGB PNG or JPEG")
-
-
-def _decode(path: Path, log: TextIO) -> Image.Image:
-    """The upright decoded image; what the header alone can refuse is refused before decoding."""
-    with _open(path) as img:
-        _check_header(img, path)
-        try:
-            orientation = img.getexif().get(ExifTags.Base.Orientation)
-            upright = ImageOps.exif_transpose(img)  # decodes now, so that a truncated file fails here with its name
-        except DECODE_ERRORS as exc:
-            raise InputError(path, f"not a readable image ({exc.__class__.__name__}: {exc})", INPUT_FIX) from None
-    if orientation in ORIENTATIONS:
-        _say(log, "note", path, f"EXIF orientation {orientation} applied: {ORIENTATIONS[orientation]}")
-    return upright
-
-
-def read_image(
-    path: str | Path, size_hw: tuple[int, int], resize: bool = False, log: TextIO | None = None
-) -> np.ndarray:
-    """Pixels (height, width, 3) float32 0-255 of one image file, at the network's size or an ``InputError``.
-
-    Resizing changes the pixels the network sees, so it only happens when asked (``resize=True``).
-    """
-    path, log = Path(path), log or sys.stderr
-    if not path.is_file():
-        raise InputError(path, "not a file" if path.exists() else "file not found", INPUT_FIX)
-    img = _decode(path, log)
-    if img.mode != "RGB":  # CSAW faces are 8-bit RGB (deeper images are refused before decoding)
-        dropped = " (transparency dropped)" if "A" in img.mode or "transparency" in img.info else ""
-        _say(log, "note", path, f"converted from {img.mode} to RGB{dropped}")
-        img = img.convert("RGB")
-    (height, width), (w, h) = size_hw, img.size
-    if (h, w) != (height, width):
-        if not resize:
-            raise InputError(
-                path,
-                f"the image is {w}x{h} (width x height) but the network expects {width}x{height}",
-                "pass --resize to resize it with bilinear interpolation",
-            )
-        _say(log, "note", path, f"resized from {w}x{h} to {width}x{height} (bilinear)")
-        img = img.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.float32)
 
 
 def _check_hdf5(path: Path, shape_nchw: tuple[int, int, int]) -> None:
@@ -308,9 +193,10 @@ def _rebatch(blocks: Iterable[tuple[list[str], np.ndarray]], batch_size: int) ->
 def classify(
     model_path: str | Path,
     inputs: Sequence[str | Path],
-    batch_size: int = 1024,
+    batch_size: int = BATCH_SIZE,
     resize: bool = False,
     log: TextIO | None = None,
+    input_scale: InputScale | None = None,
 ) -> list[Prediction]:
     """G's (or a BadNet's) class of every image of ``inputs``, in order; notes go to ``log`` (stderr).
 
@@ -319,9 +205,9 @@ def classify(
     log = log or sys.stderr
     if batch_size < 1:
         raise InputError(
-            "--batch-size", f"must be at least 1, got {batch_size}", "pass a positive batch size, e.g. 1024"
+            "--batch-size", f"must be at least 1, got {batch_size}", f"pass a positive batch size, e.g. {BATCH_SIZE}"
         )
-    model, goodnet = load_classifier(model_path)
+    model, goodnet = load_classifier(model_path, input_scale, log)
     height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
     shape_nchw = (channels, height, width)
     poisoned_class = int(model.outputs[0].shape[-1]) - 1 if goodnet else None
@@ -365,7 +251,15 @@ def _parser() -> argparse.ArgumentParser:
         "or a BadNet/B' model file (classes 0..N-1, two columns)",
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_H5", help=f"{FORMATS_TEXT} images and/or CSAW HDF5 sets")
-    parser.add_argument("--batch-size", type=_positive_int, default=1024, help="images per forward pass (default 1024)")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=BATCH_SIZE, help=f"images per forward pass (default {BATCH_SIZE})"
+    )
+    parser.add_argument(
+        "--input-scale",
+        type=InputScale,
+        choices=list(InputScale),
+        help="for a bare weights file: how its network sees pixels (models saved by this project carry it)",
+    )
     parser.add_argument(
         "--resize",
         action="store_true",
@@ -380,9 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tf_logger = logging.getLogger("tensorflow")
     tf_logger.setLevel(max(tf_logger.level, logging.ERROR))  # no retracing advice between the answers
     try:
-        rows = classify(args.model, args.inputs, args.batch_size, args.resize)
+        rows = classify(args.model, args.inputs, args.batch_size, args.resize, input_scale=args.input_scale)
     except InputError as exc:
-        _say(sys.stderr, "error", exc.what, f"{exc.problem}; {exc.fix}")
+        say(sys.stderr, "error", exc.what, f"{exc.problem}; {exc.fix}")
         return EXIT_INPUT
     if isinstance(sys.stdout, io.TextIOWrapper):  # a name this locale cannot encode is escaped, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")

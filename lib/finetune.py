@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from lib.models import copy_model
+from lib.models import BATCH_SIZE, copy_model
 from lib.pruning import zero_channels
 
 
@@ -128,7 +128,7 @@ def fine_tune(
         metrics=["accuracy"],
     )
     x_hold, y_hold = images[holdout_idx], labels[holdout_idx]
-    start = tuned.evaluate(x_hold, y_hold, batch_size=1024, verbose=0, return_dict=True)
+    start = tuned.evaluate(x_hold, y_hold, batch_size=BATCH_SIZE, verbose=0, return_dict=True)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", mode="min", patience=settings.patience, restore_best_weights=True
     )

@@ -23,7 +23,7 @@ import numpy as np
 from keras import ops
 
 from lib.errors import InputError
-from lib.models import UNSAFE_LAYER_CLASSES, copy_model, load_model_file, predict_classes, save_model
+from lib.models import BATCH_SIZE, UNSAFE_LAYER_CLASSES, copy_model, load_model_file, predict_classes, save_model
 
 SERIALIZATION_PACKAGE = "backdoor_pruning"
 BADNET_NAME = "badnet"
@@ -149,6 +149,6 @@ def load_goodnet(path: str | Path) -> keras.Model:
     return model
 
 
-def goodnet_predict_classes(model: keras.Model, images, batch_size: int = 1024) -> np.ndarray:
+def goodnet_predict_classes(model: keras.Model, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """G's class per image, in [0, N]; N means "poisoned" (B and B' disagree)."""
     return predict_classes(model, images, batch_size=batch_size)

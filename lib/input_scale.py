@@ -28,9 +28,14 @@ def _scale_layer() -> keras.layers.Layer:
 
 
 def input_scale_of(model: keras.Model) -> InputScale | None:
-    """``DIVIDED_BY_255`` when the model divides its input by 255 itself (its first layer is ours), else None."""
+    """``DIVIDED_BY_255`` when the model divides its input by 255 itself (its first layer is ours), else None.
+
+    A GoodNet's first layer is its BadNet, a model of its own: its convention is B's.
+    """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     first = layers[0] if layers else None
+    if isinstance(first, keras.Model):
+        return input_scale_of(first)
     if isinstance(first, keras.layers.Normalization) and first.name == LAYER_NAME:
         config = first.get_config()
         if float(config.get("mean", 0.0)) == 0.0 and float(config.get("variance", 0.0)) == 255.0**2:
@@ -49,7 +54,7 @@ def with_input_scale(model: keras.Model, scale: InputScale, path: str | Path = "
     if own is not None:
         raise InputError(
             path,
-            f"the model divides its input by 255 itself, but this dataset's network takes {scale.value} pixels",
+            f"the model divides its input by 255 itself, but this network takes {scale.description} pixels",
             "use the model file that belongs to this dataset (lib.catalog says each dataset's input scale)",
         )
     if not hasattr(model, "_run_through_graph"):

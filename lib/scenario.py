@@ -18,8 +18,9 @@ from lib.catalog import DatasetSpec, TriggerFiles
 from lib.datasets import ImageSet, check_clean_validation, check_triggered_labels, load_image_set
 from lib.errors import InputError
 from lib.input_scale import with_input_scale
-from lib.models import check_prunable, load_model_file, num_classes_of
+from lib.models import load_model_file, num_classes_of
 from lib.paths import ResultFiles, shown
+from lib.prunable import check_prunable
 from lib.workspace import Workspace
 
 SPLITS = ("valid", "test")

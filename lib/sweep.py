@@ -48,15 +48,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lib.errors import InputError
-from lib.models import check_prunable
+from lib.models import BATCH_SIZE
+from lib.prunable import check_prunable
 from lib.pruning import prune_channels
 from lib.sweep_batches import ReferenceBatches
 from lib.sweep_closed_form import CLOSED_FORM_MARGIN_FACTOR, ClosedFormTail
 from lib.sweep_table import SweepResult, run_pruning_sweep, sweep_table, threshold_steps, validate_thresholds
 
 __all__ = [
+    "BATCH_SIZE",
     "CLOSED_FORM_MARGIN_FACTOR",
-    "DEFAULT_BATCH_SIZE",
     "DEFAULT_TIE_MARGIN",
     "Strategy",
     "SweepEngine",
@@ -71,7 +72,6 @@ __all__ = [
     "validate_thresholds",
 ]
 
-DEFAULT_BATCH_SIZE = 1024
 #: Relative gap between the two best scores under which a class is a near tie (see the module docstring).
 DEFAULT_TIE_MARGIN = 1e-3
 #: Tail sub-models already built, per model (see ``lib.activations.prefix_model``: the same reason).
@@ -143,8 +143,8 @@ def _touched_images(pooled: np.ndarray, order: Sequence[int]) -> list[np.ndarray
     n = len(pooled)
     nonzero = np.empty((n, pooled.shape[-1]), dtype=bool)
     flat = pooled.reshape(n, -1, pooled.shape[-1])
-    for lo in range(0, n, DEFAULT_BATCH_SIZE):
-        nonzero[lo : lo + DEFAULT_BATCH_SIZE] = flat[lo : lo + DEFAULT_BATCH_SIZE].any(axis=1)
+    for lo in range(0, n, BATCH_SIZE):
+        nonzero[lo : lo + BATCH_SIZE] = flat[lo : lo + BATCH_SIZE].any(axis=1)
     step, image = np.nonzero(nonzero[:, np.asarray(order, dtype=np.int64)].T)
     return np.split(image, np.searchsorted(step, np.arange(1, len(order))))
 
@@ -175,7 +175,7 @@ class SweepEngine:
         model: keras.Model,
         conv_layer: str,
         pool_layer: str,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = BATCH_SIZE,
         tie_margin: float = DEFAULT_TIE_MARGIN,
         strategy: Strategy | str | None = None,
     ) -> None:
@@ -285,7 +285,7 @@ def naive_predictions(
     image_sets: Sequence[np.ndarray],
     order: Sequence[int],
     steps: Sequence[int],
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = BATCH_SIZE,
     progress: bool = False,
 ) -> dict[int, list[np.ndarray]]:
     """The reference: for each k in ``steps``, prune ``order[:k]`` in a copy of the model and re-run it whole on

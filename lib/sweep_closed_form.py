@@ -30,6 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lib.prunable import producer
+
 #: The closed form decides a class only when its two best logits are further apart than this many
 #: tie margins (see ``lib.sweep``: its float32 state accumulates rounding over the steps).
 CLOSED_FORM_MARGIN_FACTOR = 4.0
@@ -59,11 +61,8 @@ class _Weights(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 def _call(tensor) -> tuple[object, list]:
     """The layer that computed ``tensor`` in a functional graph, and the tensors that call read."""
-    history = getattr(tensor, "_keras_history", None)
-    if history is None:
-        return None, []
-    node = history.operation._inbound_nodes[history.node_index]
-    return history.operation, list(node.input_tensors)
+    operation, node = producer(tensor)
+    return operation, list(node.input_tensors) if node is not None else []
 
 
 def _float32(layer) -> bool:

@@ -20,7 +20,7 @@ from PIL import Image, ImageFile
 from lib.architecture import build_deepid
 from lib.datasets import save_image_set
 from lib.errors import InputError
-from lib.eval import FORMATS_TEXT, MAX_SIDE, classify, main, read_image
+from lib.eval import classify, main
 from lib.goodnet import goodnet_classes
 from lib.goodnet_model import (
     GoodNetDecision,
@@ -30,6 +30,7 @@ from lib.goodnet_model import (
     load_goodnet,
     save_goodnet,
 )
+from lib.images import FORMATS_TEXT, MAX_SIDE, read_image
 from lib.models import load_model_file, predict_classes, save_model
 from lib.paths import PROJECT_ROOT
 from lib.pruning import prune_channels

@@ -16,7 +16,8 @@ from keras import layers
 
 from lib.architecture import CSAW_NUM_CLASSES, PRUNED_CONV, PRUNED_POOL, build_deepid
 from lib.errors import InputError
-from lib.models import MAX_CONFIG_BYTES, check_prunable, load_model_file, num_classes_of, save_model
+from lib.models import MAX_CONFIG_BYTES, load_model_file, num_classes_of, save_model
+from lib.prunable import check_prunable
 
 CSAW_LAYER_NAMES = [
     "input",

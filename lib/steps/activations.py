@@ -10,6 +10,7 @@ import pandas as pd
 from lib import activations as act
 from lib import plots, provenance
 from lib.errors import InputError
+from lib.models import BATCH_SIZE
 from lib.scenario import Scenario
 from lib.steps.common import ACTIVATION_DIGITS, ACTIVATIONS, locked, rerun
 from lib.tables import significant, write_csv
@@ -21,9 +22,7 @@ class ActivationsOutcome:
     figure: plt.Figure
 
 
-def analyse_activations(
-    scenario: Scenario, batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True
-) -> ActivationsOutcome:
+def analyse_activations(scenario: Scenario, batch_size: int = BATCH_SIZE, progress: bool = True) -> ActivationsOutcome:
     """Mean activation of every pooling channel on clean validation data, in pruning order.
 
     Writes ``activations.csv`` (means to ``ACTIVATION_DIGITS`` significant digits) and its figure.

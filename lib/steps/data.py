@@ -8,11 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from lib import activations as act
 from lib import plots, provenance
 from lib.demo.published import ensure_demo, published_folder
 from lib.download import DRIVE_CACHE, default_weights_mirror, ensure_csaw
-from lib.models import predict_classes
+from lib.models import BATCH_SIZE, predict_classes
 from lib.paths import checksum_file, data_root, shown
 from lib.reference import enforce, reference_table
 from lib.scenario import Scenario, image_set_overview, load_scenario
@@ -35,7 +34,7 @@ def prepare_data(
     use_weights_mirror: bool = True,
     check_reference: bool = True,
     n_samples: int = 8,
-    batch_size: int = act.DEFAULT_BATCH_SIZE,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
 ) -> DataOutcome:
     """Get the dataset's files into the data folder (files already there and valid are kept), then check them.

@@ -9,14 +9,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from lib import activations as act
 from lib import plots, provenance, rows
 from lib.atomic import write_text
 from lib.finetune import FineTuneSettings, fine_tune
 from lib.goodnet import evaluate, evaluation_table, goodnet_of
 from lib.goodnet_model import build_goodnet, save_goodnet
 from lib.machine import describe
-from lib.models import load_model_file, save_model
+from lib.models import BATCH_SIZE, load_model_file, save_model
 from lib.scenario import Scenario
 from lib.steps.common import FINE_PRUNING, locked
 from lib.steps.goodnet import load_test_data, read_goodnet_table, rows_summary
@@ -32,7 +31,7 @@ class FinePruningOutcome:
 
 
 def fine_prune(
-    scenario: Scenario, settings: FineTuneSettings, batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True
+    scenario: Scenario, settings: FineTuneSettings, batch_size: int = BATCH_SIZE, progress: bool = True
 ) -> FinePruningOutcome:
     """Fine-tune B (``FT``) and every saved B' (``FP_<t>%``) on clean validation data; evaluate them on test data.
 

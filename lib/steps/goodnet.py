@@ -7,12 +7,11 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from lib import activations as act
 from lib import plots, provenance, rows
 from lib.atomic import write_text
 from lib.goodnet import TestData, evaluate, goodnet_table
 from lib.goodnet_model import build_goodnet, save_goodnet
-from lib.models import load_model_file
+from lib.models import BATCH_SIZE, load_model_file
 from lib.scenario import Scenario
 from lib.steps.common import GOODNET, locked, rerun
 from lib.steps.pruning_sweep import read_pruned
@@ -30,9 +29,7 @@ class GoodNetOutcome:
     figure: plt.Figure
 
 
-def evaluate_goodnets(
-    scenario: Scenario, batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True
-) -> GoodNetOutcome:
+def evaluate_goodnets(scenario: Scenario, batch_size: int = BATCH_SIZE, progress: bool = True) -> GoodNetOutcome:
     """Test accuracy and ASR of B, each saved B' and each G; writes ``goodnet.csv`` and ``goodnet.md``.
 
     Each G is also saved as one loadable model, ``models/goodnet_bprime_<t>.keras`` (``lib.goodnet_model``),

@@ -11,7 +11,7 @@ import pandas as pd
 
 from lib import activations as act
 from lib import plots, provenance, rows
-from lib.models import save_model
+from lib.models import BATCH_SIZE, save_model
 from lib.paths import ResultFiles
 from lib.pruning import prune_channels
 from lib.scenario import Scenario
@@ -30,7 +30,7 @@ class SweepOutcome:
 
 
 def run_sweep(
-    scenario: Scenario, thresholds: list[float], batch_size: int = act.DEFAULT_BATCH_SIZE, progress: bool = True
+    scenario: Scenario, thresholds: list[float], batch_size: int = BATCH_SIZE, progress: bool = True
 ) -> SweepOutcome:
     """Prune channels in increasing order of mean activation; after each, accuracy and ASR on validation data.
 
