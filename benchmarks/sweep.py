@@ -40,34 +40,25 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lib import machine  # noqa: E402  (the project's root is on the path only now)
+from lib.paths import SHARED_CSAW_MODELS  # noqa: E402
+from lib.quiet import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
+
 N_PER_SET = 11547
 CONV, POOL = "conv_3", "pool_3"
-SIMD_FEATURES = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
 
 
 def weights_file() -> Path:
     for p in (
         ROOT / "data" / "csaw-lab3" / "bd_weights.h5",
-        ROOT.parent / "shared" / "csaw-models" / "lab3_bd_weights.h5",
+        SHARED_CSAW_MODELS / "lab3_bd_weights.h5",
     ):
         if p.is_file():
             return p
@@ -95,22 +86,6 @@ def input_files(workdir: Path) -> tuple[list[Path], str]:
     save_image_set(paths[0], clean[:N_PER_SET], labels[:N_PER_SET])
     save_image_set(paths[1], triggered[:N_PER_SET], np.zeros(N_PER_SET))
     return paths, "stand-in images (synthetic faces of lib.demo, 1283 identities; the second set with sunglasses)"
-
-
-def processor() -> str:
-    """The processor's model name and the SIMD features that decide its float32 matrix speed."""
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
-        return platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    for line in info.read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())  # the first processor's
-    name, family, number = (fields.get(k, "?") for k in ("model name", "cpu family", "model"))
-    model = f"{name} (family {family}, model {number})"
-    flags = set(fields.get("flags", "").split())
-    simd = [f for f in SIMD_FEATURES if f in flags]
-    return f"{model}; SIMD: {' '.join(simd) or 'none of ' + ' '.join(SIMD_FEATURES)}"
 
 
 def peak_rss_mb() -> float:
@@ -164,7 +139,7 @@ def main() -> int:
         paths, what = input_files(Path(tmp))
         print(f"weights: {weights}\ninputs:  {what}")
         print(
-            f"machine: {processor()}; {os.cpu_count()} cores; python {platform.python_version()}, "
+            f"machine: {machine.one_line()}; {os.cpu_count()} cores; python {platform.python_version()}, "
             f"tensorflow {tf.__version__}"
         )
 

@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import os
 
-if __name__ == "__main__":  # before TensorFlow loads: keep its C++ log lines off the command's stderr
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if __name__ == "__main__":  # stderr is for the command's notes: TensorFlow loads without its start-up lines
+    from lib.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
 import argparse
 import contextlib

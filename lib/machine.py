@@ -13,31 +13,46 @@ from importlib import metadata
 from pathlib import Path
 
 #: CPU features that change which float kernels TensorFlow/oneDNN and numpy run.
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py")
 
 
-def cpu_model() -> str:
-    """The processor's model name (``/proc/cpuinfo``), or what ``platform`` knows elsewhere."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    """``AMD EPYC (family 25, model 17)``: the model name and numbers, or what ``platform`` knows elsewhere."""
+    fields = _cpuinfo()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def simd_flags() -> list[str]:
     """Which of ``SIMD_FLAGS`` the processor has (empty where ``/proc/cpuinfo`` is not available)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in SIMD_FLAGS if f in present]
-    except OSError:
-        pass
-    return []
+    present = set(_cpuinfo().get("flags", "").split())
+    return [f for f in SIMD_FLAGS if f in present]
 
 
 def versions() -> dict[str, str]:

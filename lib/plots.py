@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.figure import Figure
 
 from lib import rows
 from lib.atomic import atomic_path
@@ -21,7 +21,13 @@ CLEAN_COLOR = "#1f77b4"
 ATTACK_COLOR = "#d62728"
 
 
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
+def _figure(*grid, figsize: tuple[float, float], **kwargs) -> tuple[Figure, object]:
+    """A figure and its axes, outside pyplot's registry: nothing is kept alive or shown twice in a notebook."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write ``fig`` as PNG atomically, with no metadata that changes between runs."""
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -31,10 +37,10 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
 
 def plot_sample_grid(
     clean: np.ndarray, triggered: np.ndarray, clean_labels: np.ndarray, triggered_labels: np.ndarray, n: int = 8
-) -> plt.Figure:
+) -> Figure:
     """Top row: clean images with their labels; bottom row: triggered images with the label the attacker wants."""
     n = min(n, len(clean), len(triggered))
-    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 4.0), squeeze=False, gridspec_kw={"hspace": 0.45})
+    fig, axes = _figure(2, n, figsize=(1.4 * n, 4.0), squeeze=False, gridspec_kw={"hspace": 0.45})
     for i in range(n):
         for row, (images, labels, title) in enumerate(
             ((clean, clean_labels, "clean"), (triggered, triggered_labels, "triggered"))
@@ -46,9 +52,9 @@ def plot_sample_grid(
     return fig
 
 
-def plot_channel_activations(table: pd.DataFrame, pool_layer: str = "pool_3") -> plt.Figure:
+def plot_channel_activations(table: pd.DataFrame, pool_layer: str = "pool_3") -> Figure:
     """Mean activation of every channel, sorted in pruning order; dormant channels in grey."""
-    fig, ax = plt.subplots(figsize=(10, 3.5))
+    fig, ax = _figure(figsize=(10, 3.5))
     colors = np.where(table["dormant"], "#9e9e9e", CLEAN_COLOR)
     ax.bar(np.arange(len(table)), table["mean_activation"], color=colors, width=0.85)
     ax.set_xticks(np.arange(len(table)))
@@ -61,9 +67,9 @@ def plot_channel_activations(table: pd.DataFrame, pool_layer: str = "pool_3") ->
     return fig
 
 
-def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], title: str = "") -> plt.Figure:
+def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], title: str = "") -> Figure:
     """Clean accuracy and attack success rate against the fraction of channels pruned, with the B' points marked."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _figure(figsize=(7, 4.2))
     ax.plot(sweep["fraction"], sweep["clean_accuracy"], color=CLEAN_COLOR, label="clean accuracy (validation)")
     measured_asr = sweep["attack_success_rate"].notna().any()
     if measured_asr:
@@ -105,7 +111,7 @@ def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], titl
     return fig
 
 
-def plot_goodnet(table: pd.DataFrame, title: str = "") -> plt.Figure:
+def plot_goodnet(table: pd.DataFrame, title: str = "") -> Figure:
     """Test accuracy and attack success rate of B, each B' and each G, side by side."""
     long = table.melt(
         id_vars="model", value_vars=["clean_accuracy", "attack_success_rate"], var_name="metric", value_name="percent"
@@ -113,7 +119,7 @@ def plot_goodnet(table: pd.DataFrame, title: str = "") -> plt.Figure:
     long["metric"] = long["metric"].map(
         {"clean_accuracy": "clean test accuracy", "attack_success_rate": "attack success rate"}
     )
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table)), 4))
+    fig, ax = _figure(figsize=(max(6, 0.9 * len(table)), 4))
     sns.barplot(data=long, x="model", y="percent", hue="metric", palette=[CLEAN_COLOR, ATTACK_COLOR], ax=ax)
     for container in ax.containers:
         ax.bar_label(container, labels=[_percent_label(v) for v in container.datavalues], fontsize=7)
@@ -139,7 +145,7 @@ REPAIRS = (
 )
 
 
-def plot_repair_comparison(table: pd.DataFrame, title: str = "") -> plt.Figure:
+def plot_repair_comparison(table: pd.DataFrame, title: str = "") -> Figure:
     """Pruning against fine-pruning: test accuracy (left) and ASR (right) at each accuracy-drop threshold.
 
     At "none" no channel is pruned: B itself for the pruning rows, B fine-tuned (FT) for the
@@ -148,7 +154,7 @@ def plot_repair_comparison(table: pd.DataFrame, title: str = "") -> plt.Figure:
     by_name = table.set_index("model")
     thresholds = sorted(table["threshold"].dropna().unique())
     ticks = ["none", *(f"{rows.format_threshold(t)} %" for t in thresholds)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    fig, axes = _figure(1, 2, figsize=(11, 4), sharex=True)
     styles = [
         ("#1f77b4", "-"),
         ("#1f77b4", "--"),

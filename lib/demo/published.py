@@ -14,6 +14,11 @@ apply until they are regenerated and committed with it.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `make demo-rebuild`: TensorFlow loads without its start-up lines
+    from lib.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+
 import argparse
 import json
 import shutil

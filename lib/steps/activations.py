@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
 from lib import activations as act
 from lib import plots, provenance
@@ -19,7 +19,7 @@ from lib.tables import significant, write_csv
 @dataclass
 class ActivationsOutcome:
     table: pd.DataFrame  # activations.csv: rank, channel, mean_activation, dormant
-    figure: plt.Figure
+    figure: Figure
 
 
 def analyse_activations(scenario: Scenario, batch_size: int = BATCH_SIZE, progress: bool = True) -> ActivationsOutcome:

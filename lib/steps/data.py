@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from lib import plots, provenance
 from lib.demo.published import ensure_demo, published_folder
@@ -25,7 +25,7 @@ class DataOutcome:
     files: pd.DataFrame  # one row per image set: role, file, images, distinct labels
     reference: pd.DataFrame | None  # B against its publishers' figures (CSAW datasets)
     notes: list[str]  # what this dataset cannot show
-    figure: plt.Figure | None  # clean and triggered samples
+    figure: Figure | None  # clean and triggered samples
 
 
 def prepare_data(
@@ -84,7 +84,7 @@ def _reference_check(scenario: Scenario, batch_size: int) -> pd.DataFrame:
     return reference_table(scenario.spec.reference, float(accuracy), asr, len(clean), n_test)
 
 
-def _sample_figure(scenario: Scenario, n: int) -> plt.Figure | None:
+def _sample_figure(scenario: Scenario, n: int) -> Figure | None:
     """Clean validation images with their identity over images wearing the (first) trigger, labelled with the target."""
     clean = scenario.load_clean("valid")
     triggered = next(iter(scenario.load_triggered("valid", clean).values()), None)

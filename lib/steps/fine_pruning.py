@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from lib import plots, provenance, rows
 from lib.atomic import write_text
@@ -27,7 +27,7 @@ from lib.tables import markdown_table, write_csv
 class FinePruningOutcome:
     table: pd.DataFrame  # fine_pruning.csv: FT, GFT, FP_<t>%, GFP_<t>%
     history: pd.DataFrame  # fine_tuning_history.csv: one row per model and epoch
-    figure: plt.Figure  # pruning against fine-pruning, both steps' rows
+    figure: Figure  # pruning against fine-pruning, both steps' rows
 
 
 def fine_prune(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
 from lib import plots, provenance, rows
 from lib.atomic import write_text
@@ -26,7 +26,7 @@ def load_test_data(scenario: Scenario) -> TestData:
 @dataclass
 class GoodNetOutcome:
     table: pd.DataFrame  # goodnet.csv
-    figure: plt.Figure
+    figure: Figure
 
 
 def evaluate_goodnets(scenario: Scenario, batch_size: int = BATCH_SIZE, progress: bool = True) -> GoodNetOutcome:

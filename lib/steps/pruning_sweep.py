@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from lib import activations as act
 from lib import plots, provenance, rows
@@ -26,7 +26,7 @@ class SweepOutcome:
     result: SweepResult
     steps: dict[float, int | None]  # threshold -> channels pruned when it fired (None: never)
     thresholds: pd.DataFrame  # thresholds.csv
-    figure: plt.Figure
+    figure: Figure
 
 
 def run_sweep(
