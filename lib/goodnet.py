@@ -16,8 +16,7 @@ import pandas as pd
 
 from lib import rows
 from lib.datasets import ImageSet
-from lib.metrics import accuracy, attack_success_columns
-from lib.models import predict_classes
+from lib.metrics import accuracy, attack_success_columns, near_ties
 from lib.rows import ModelRow
 
 #: The columns of goodnet.csv and fine_pruning.csv (a dataset with several triggers adds per-trigger ASR).
@@ -54,17 +53,17 @@ class Evaluated:
     channels_pruned: int
     clean: np.ndarray
     triggered: dict[str, np.ndarray]
+    #: Images whose two best scores were within the tie margin: the classes another processor could flip.
+    near_ties: int = 0
 
 
 def evaluate(model: keras.Model, row: ModelRow, pruned: int, test: TestData, batch_size: int) -> Evaluated:
-    """One model's classes on the clean test set and on every trigger's test set."""
-    return Evaluated(
-        row.name,
-        row.threshold,
-        pruned,
-        predict_classes(model, test.clean.images, batch_size),
-        {t: predict_classes(model, s.images, batch_size) for t, s in test.triggered.items()},
-    )
+    """One model's classes on the clean test set and on every trigger's test set, and how many were near ties."""
+    scores = {name: model.predict(s.images, batch_size=batch_size, verbose=0) for name, s in test.triggered.items()}
+    clean = model.predict(test.clean.images, batch_size=batch_size, verbose=0)
+    ties = int(near_ties(clean).sum() + sum(int(near_ties(s).sum()) for s in scores.values()))
+    classes = {name: np.argmax(s, axis=-1) for name, s in scores.items()}
+    return Evaluated(row.name, row.threshold, pruned, np.argmax(clean, axis=-1), classes, ties)
 
 
 def combine(badnet: Evaluated, repaired: Evaluated, n_classes: int, name: str) -> Evaluated:

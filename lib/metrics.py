@@ -22,6 +22,20 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float(100.0 * np.mean(predicted == labels))
 
 
+#: Relative gap between the two best scores under which a class is a near tie (``lib.sweep`` explains the value).
+DEFAULT_TIE_MARGIN = 1e-3
+
+
+def near_ties(scores: np.ndarray, margin: float = DEFAULT_TIE_MARGIN) -> np.ndarray:
+    """Rows whose two best scores s1 >= s2 are within ``margin`` of each other: s1 - s2 <= margin * (|s1| + |s2|).
+
+    Float rounding of another batch layout or another processor moves scores far less than the margin, so
+    only these rows' classes could come out otherwise (``lib.sweep`` settles them exactly).
+    """
+    top2 = -np.partition(-np.asarray(scores), 1, axis=-1)[..., :2].astype(np.float64)
+    return top2[..., 0] - top2[..., 1] <= margin * (np.abs(top2[..., 0]) + np.abs(top2[..., 1]))
+
+
 def attack_success_rate(predicted: np.ndarray, target_labels: np.ndarray) -> float:
     """Percentage of triggered images classified as the attacker's target (their label)."""
     return accuracy(predicted, target_labels)

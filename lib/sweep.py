@@ -48,6 +48,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lib.errors import InputError
+from lib.metrics import DEFAULT_TIE_MARGIN
 from lib.models import BATCH_SIZE
 from lib.prunable import check_prunable
 from lib.pruning import prune_channels
@@ -72,8 +73,6 @@ __all__ = [
     "validate_thresholds",
 ]
 
-#: Relative gap between the two best scores under which a class is a near tie (see the module docstring).
-DEFAULT_TIE_MARGIN = 1e-3
 #: Tail sub-models already built, per model (see ``lib.activations.prefix_model``: the same reason).
 _TAILS: weakref.WeakKeyDictionary[keras.Model, dict[str, keras.Model]] = weakref.WeakKeyDictionary()
 #: How many times the closed form hands back to Python (and the progress bar moves) during a sweep.

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from lib.metrics import near_ties
+
 
 class ReferenceBatches:
     """The batches ``predict`` forms over each image set (cut into ``batch_size`` pieces from the set's own start),
@@ -69,8 +71,7 @@ class ReferenceBatches:
             ]
         )
         self.evaluated += sparse.size
-        top2 = -np.partition(-scores, 1, axis=-1)[:, :2].astype(np.float64)
-        near = top2[:, 0] - top2[:, 1] <= tie_margin * (np.abs(top2[:, 0]) + np.abs(top2[:, 1]))
+        near = near_ties(scores, tie_margin)
         return (
             np.concatenate([dense_images, sparse]),
             np.concatenate([dense_classes, np.argmax(scores, axis=-1)]),

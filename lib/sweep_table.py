@@ -29,6 +29,9 @@ class SweepResult:
     order: np.ndarray
     clean_correct: np.ndarray = field(repr=False)
     n_clean: int = 0
+    #: Evaluations whose class the Keras tail settled at the image's reference place (two best scores too close
+    #: for any other computation to decide): the only ones another processor's rounding could answer otherwise.
+    near_ties: int = 0
 
 
 def sweep_table(
@@ -73,7 +76,8 @@ def run_pruning_sweep(
     it may be empty.
     """
     names = list(triggered)
-    predictions = engine.predictions([clean_pooled, *(triggered[n][0] for n in names)], order, progress=progress)
+    run = engine.run([clean_pooled, *(triggered[n][0] for n in names)], order, progress=progress)
+    predictions = run.predictions
     clean_preds, triggered_preds = predictions[0], dict(zip(names, predictions[1:], strict=False))
     clean_labels = np.asarray(clean_labels)
     table = sweep_table(
@@ -84,7 +88,9 @@ def run_pruning_sweep(
         mean_activations,
     )
     correct = (clean_preds == clean_labels[None, :]).sum(axis=1)
-    return SweepResult(table, clean_preds, triggered_preds, np.asarray(order), correct, len(clean_pooled))
+    return SweepResult(
+        table, clean_preds, triggered_preds, np.asarray(order), correct, len(clean_pooled), run.stats.near_ties
+    )
 
 
 def validate_thresholds(thresholds: Sequence[float]) -> list[float]:

@@ -194,6 +194,21 @@ def headline(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: Cal
     return lines
 
 
+def near_tie_census(dataset: str, fresh: ResultFiles) -> str:
+    """How many classes of the inference-only results were near ties: the only ones another processor could flip."""
+    records = provenance.read_record(fresh)
+    sweep = records.get("pruning_sweep")
+    goodnet = records.get("goodnet")
+    if sweep is None or goodnet is None:
+        return f"{dataset}: no record"
+    tests = goodnet.details.get("near_ties", {})
+    return (
+        f"{dataset}: sweep {sweep.details.get('near_ties', '?')} evaluations settled at their reference place; "
+        f"test predictions within the tie margin: {sum(tests.values())} "
+        f"({', '.join(f'{k} {v}' for k, v in tests.items())})"
+    )
+
+
 def run_make(in_place: bool, workdir: Path) -> int:
     env = dict(os.environ)
     if not in_place:
@@ -212,15 +227,18 @@ def main(argv: list[str] | None = None) -> int:
             print("make all failed: nothing to compare", file=sys.stderr)
             return 1
         read = read_committed
-        verdicts, heads = [], []
+        verdicts, heads, ties = [], [], []
         for dataset in DEMO_DATASETS:
             fresh = result_files(dataset) if args.in_place else ResultFiles(workdir / "results" / dataset)
             verdicts += compare_run(dataset, fresh, result_files(dataset), read)
             heads += headline(dataset, fresh, result_files(dataset), read)
+            ties.append(near_tie_census(dataset, fresh))
     print("\nfiles (inference-only: counts identical, floats within 1e-5 relative; trained: the study's spread)")
     print("\n".join(v.line() for v in verdicts))
     print(f"\nheadline figures (goodnet.csv, test data, percent){'committed':>23} {'fresh':>10}")
     print("\n".join(heads))
+    print("\nnear ties (two best scores within 1e-3 relative: classes another processor's rounding could flip)")
+    print("\n".join(ties))
     failed = [v for v in verdicts if v.agrees is False] + [h for h in heads if h.startswith("DIFF")]
     print(
         f"\n{'FAILED' if failed else 'OK'}: {len(failed)} inference-only result(s) differ; "

@@ -101,5 +101,6 @@ def fine_prune(
                 results.figure("fine_pruning"),
             ],
             rows_summary(table),
+            details={"near_ties": {e.name: e.near_ties for e in evaluated[::2]}},
         )
         return FinePruningOutcome(table, history, figure)

@@ -60,6 +60,7 @@ def evaluate_goodnets(scenario: Scenario, batch_size: int = BATCH_SIZE, progress
             [*scenario.input_files("test"), results.thresholds_csv, *(p.path for p in pruned)],
             [results.goodnet_csv, results.goodnet_md, *goodnets, results.figure("goodnet")],
             rows_summary(table),
+            details={"near_ties": {e.name: e.near_ties for e in [b, *evaluated]}},
         )
         return GoodNetOutcome(table, figure)
 

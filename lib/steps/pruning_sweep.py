@@ -81,6 +81,7 @@ def run_sweep(
             [*scenario.input_files("valid"), results.activations_csv],
             [results.sweep_csv, results.thresholds_csv, *bprimes.values(), results.figure("sweep")],
             _sweep_summary(result, steps),
+            details={"near_ties": result.near_ties},
         )
         return SweepOutcome(result, steps, table, figure)
 
