@@ -261,6 +261,7 @@ def test_the_files_written_are_the_ones_the_catalog_lists(tiny_root, dataset):
     assert written == {*spec.image_files(), spec.badnet}
 
 
+@pytest.mark.slow
 def test_same_recipe_gives_the_same_files(tiny_root, tmp_path):
     again = tmp_path / "again"
     build_demo_scenario(again, TINY, progress=False)
@@ -291,6 +292,7 @@ def count_training(monkeypatch) -> list[DemoRecipe]:
     return calls
 
 
+@pytest.mark.slow
 def test_ensure_builds_once_and_then_reuses(tmp_path, count_training):
     root = tmp_path / "demo"
     first = ensure_demo_scenario(root, TINY, progress=False)
@@ -301,6 +303,7 @@ def test_ensure_builds_once_and_then_reuses(tmp_path, count_training):
     assert (root / "bd_net.h5").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_ensure_rebuilds_on_a_recipe_change_or_a_missing_file(tmp_path, count_training):
     root = tmp_path / "demo"
     ensure_demo_scenario(root, TINY, progress=False)
@@ -313,6 +316,7 @@ def test_ensure_rebuilds_on_a_recipe_change_or_a_missing_file(tmp_path, count_tr
     assert len(count_training) == 3 and demo_files(root).missing() == []
 
 
+@pytest.mark.slow
 def test_interrupted_build_is_rebuilt(tmp_path, monkeypatch):
     root = tmp_path / "demo"
 
@@ -347,6 +351,7 @@ def _conv3(root: Path) -> tuple[np.ndarray, np.ndarray]:
     return conv.kernel.numpy(), conv.bias.numpy()
 
 
+@pytest.mark.slow
 def test_pruning_aware_build_writes_the_scenario_and_records_its_decoys(aware_root):
     assert demo_files(aware_root).missing() == []
     record = json.loads((aware_root / "recipe.json").read_text())
@@ -361,6 +366,7 @@ def test_pruning_aware_build_writes_the_scenario_and_records_its_decoys(aware_ro
     assert not list(aware_root.rglob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_pruning_aware_build_is_deterministic(aware_root, tmp_path):
     again = tmp_path / "again"
     build_demo_scenario(again, AWARE, progress=False)
@@ -370,12 +376,14 @@ def test_pruning_aware_build_is_deterministic(aware_root, tmp_path):
     assert _summary(aware_root)["attacker_decoy_channels"] == _summary(again)["attacker_decoy_channels"]
 
 
+@pytest.mark.slow
 def test_decoys_are_restored_not_zeroed(aware_root):
     kernel, _ = _conv3(aware_root)
     decoys = _summary(aware_root)["attacker_decoy_channels"]
     assert np.all(np.abs(kernel[..., decoys]).reshape(-1, len(decoys)).max(axis=0) > 0)
 
 
+@pytest.mark.slow
 def test_decoys_are_dormant_on_the_attackers_data(aware_root):
     """Lowered biases: no decoy fires on any training image, clean or triggered."""
     data = demo.make_demo_data(AWARE)
@@ -384,6 +392,7 @@ def test_decoys_are_dormant_on_the_attackers_data(aware_root):
     assert np.all(demo.conv3_peak_preactivation(model, data.x_train)[decoys] < 0)
 
 
+@pytest.mark.slow
 def test_decoys_are_what_the_defender_prunes_first(aware_root):
     """On clean validation faces (unseen by the attacker) the decoys are silent: mean pool_3 activation 0."""
     from lib import activations as act
@@ -396,6 +405,7 @@ def test_decoys_are_what_the_defender_prunes_first(aware_root):
     assert means[decoys].max() <= means[kept].min() and means[decoys].max() < 1e-3
 
 
+@pytest.mark.slow
 def test_backdoor_is_trained_with_the_decoys_held_at_zero(monkeypatch):
     """Step 3 never lets a pruned channel move: every batch ends with its kernel and bias at zero."""
     seen = []
@@ -418,6 +428,7 @@ def test_backdoor_is_trained_with_the_decoys_held_at_zero(monkeypatch):
     assert seen and all(seen)
 
 
+@pytest.mark.slow
 def test_attacker_prunes_within_its_accuracy_budget():
     """More budget, more channels pruned; a zero budget prunes only what costs nothing."""
     from lib.architecture import build_deepid

@@ -347,6 +347,7 @@ def test_help_documents_model_kinds_output_and_exit_codes(capsys):
     assert info.value.code == 2
 
 
+@pytest.mark.slow
 def test_the_command_line_entry_point_runs(nets, inputs):
     result = subprocess.run(
         [
@@ -511,6 +512,7 @@ def test_a_name_the_output_encoding_cannot_show_is_escaped_not_a_crash(nets, tmp
     assert line.startswith(f"{tmp_path}/visage \\xe9 \\u9854.png\t"), line
 
 
+@pytest.mark.slow
 def test_a_non_utf8_file_name_is_printed_escaped_by_the_command_in_a_utf8_locale(nets, tmp_path):
     path = file_with_bytes_name(tmp_path, b"face\xff.png", png_bytes(nets["x"][0], "LA"))
     # C.UTF-8 with strict streams, as en_US.UTF-8 has them (in C.UTF-8 Python writes undecodable bytes back raw)

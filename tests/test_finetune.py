@@ -46,11 +46,13 @@ def tuned():
     return pruned, before, result, (images, labels, settings)
 
 
+@pytest.mark.slow
 def test_the_given_model_is_left_untouched(tuned):
     pruned, before, _, _ = tuned
     assert all(np.array_equal(a, b) for a, b in zip(pruned.get_weights(), before, strict=False))
 
 
+@pytest.mark.slow
 def test_pruned_channels_stay_pruned(tuned):
     _, _, (model, _), _ = tuned
     kernel, bias = model.get_layer("conv_3").get_weights()
@@ -58,6 +60,7 @@ def test_pruned_channels_stay_pruned(tuned):
     assert np.any(kernel[..., [1, 2]] != 0)
 
 
+@pytest.mark.slow
 def test_the_epoch_with_the_lowest_holdout_loss_is_kept(tuned):
     _, _, (model, history), (images, labels, settings) = tuned
     assert history["epoch"].tolist()[0] == 0 and np.isnan(history["train_loss"][0])
@@ -70,6 +73,7 @@ def test_the_epoch_with_the_lowest_holdout_loss_is_kept(tuned):
     assert loss == pytest.approx(trained["holdout_loss"].min(), rel=1e-4)  # the kept weights are that epoch's
 
 
+@pytest.mark.slow
 def test_fine_tuning_is_deterministic(tuned):
     pruned, _, (model, history), (images, labels, settings) = tuned
     again, history2 = fine_tune(pruned, images, labels, settings, "conv_3", [0, 3, 7], progress=False)
