@@ -76,7 +76,6 @@ class RunReport:
     worker: str = ""
     threads: int = 0
     seconds: float = 0.0
-    startup_seconds: float = 0.0  # kernel start and imports, included in seconds
 
 
 def share_of_cores() -> int:
@@ -258,5 +257,4 @@ def _attempt(
                 "startup": round(startup, 2),
             }
             report.ran += (step,)
-            report.startup_seconds += startup
     return None
