@@ -19,6 +19,7 @@ import papermill
 import pytest
 from dask.system import CPU_COUNT
 
+from lib import run_notebook
 from lib.errors import InputError
 from lib.paths import PROJECT_ROOT
 from lib.steps.common import DATA, STEPS
@@ -26,7 +27,8 @@ from lib.study import load_spec
 from lib.study.aggregate import RUN_COLUMNS, StudyFiles, summarize, summary_table
 from lib.study.engine import jobs_for
 from lib.study.reading import read_study
-from lib.study.runner import RunReport, execute
+from lib.study.runner import RunReport, SharedKernel, execute, pinned_env
+from lib.study.spec import step_notebook
 from lib.study.stats import t_interval
 
 TINY_RECIPE = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
@@ -264,6 +266,33 @@ def test_a_resumed_study_runs_nothing_and_rewrites_nothing(local_study):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "0 ran now, 2 were up to date" in resumed.stdout and "written: nothing changed" in resumed.stdout
     assert local_study.after_resume == local_study.before_resume
+
+
+@pytest.mark.slow
+def test_one_kernel_per_run_gives_the_numbers_of_a_kernel_per_notebook(local_study, tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(tmp_path))
+    spec = load_spec(local_study.spec)
+    run = spec.runs()[0]
+    threads = int(pd.read_csv(local_study.files.runs_csv)["threads"].iloc[0])
+    for step in STEPS:  # as `make` runs them: each notebook starts its own kernel
+        params = spec.notebook_parameters(run, step)
+        assert run_notebook.run(step_notebook(step), params, env=pinned_env(threads)).status == 0, step
+    in_one_kernel = local_study.results / "studies" / "tiny" / "runs" / run.name
+    for name in ("sweep.csv", "goodnet.csv", "fine_pruning.csv", "fine_tuning_history.csv"):
+        assert (run.results_dir / name).read_bytes() == (in_one_kernel / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_notebook_never_sees_the_variables_of_the_one_before(tmp_path):
+    kernel = SharedKernel(run_notebook.kernel_env([], pinned_env(1)), tmp_path / "kernel.log")
+    try:
+        kernel.ready()
+        kernel.run_code("left_behind = 1")
+        kernel.used()
+        kernel.ready()
+        kernel.run_code("assert 'left_behind' not in dir()")
+    finally:
+        kernel.stop()
 
 
 @pytest.mark.slow

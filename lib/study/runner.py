@@ -123,8 +123,9 @@ def _write_info(run: Run, steps: Mapping[str, dict[str, Any]]) -> None:
     write_text(run.results_dir / INFO_NAME, json.dumps({"steps": dict(steps)}, indent=1, sort_keys=True) + "\n")
 
 
-class _Kernel:
-    """The job's kernel, started on first use and restarted after a failure; its start-up is timed."""
+class SharedKernel:
+    """The kernel a job's notebooks share: started on first use, reset between notebooks, stopped after a failure
+    (the retry gets a new one). ``ready()`` before each notebook, ``used()`` after it."""
 
     def __init__(self, env: Mapping[str, str], log: Path) -> None:
         self.env, self.log = env, log
@@ -137,20 +138,22 @@ class _Kernel:
         start = time.perf_counter()
         if self.km is None:
             self.km = self.stack.enter_context(run_notebook.kernel(self.env, self.log))
-            self._execute(WARM_UP)
+            self.run_code(WARM_UP)
         elif not self.fresh:
-            self._execute(RESET)
+            self.run_code(RESET)
         self.fresh = True
         return time.perf_counter() - start
 
     def used(self) -> None:
+        """A notebook ran in the kernel: the next ``ready()`` resets its namespace."""
         self.fresh = False
 
     def stop(self) -> None:
         self.stack.close()
         self.km, self.fresh = None, False
 
-    def _execute(self, code: str) -> None:
+    def run_code(self, code: str) -> None:
+        """Execute ``code`` in the kernel, silently; RuntimeError if it raises."""
         kc = self.km.client()
         kc.start_channels()
         try:
@@ -178,7 +181,7 @@ def execute(job: Job, earlier: Sequence[RunReport] = ()) -> list[RunReport]:
     held = [p for run in job.runs for p in (run.data_dir, run.results_dir)]
     blocked = {r.run: r for r in earlier if not r.ok}
     log = job.runs[0].results_dir / "notebooks" / "kernel.log"
-    kernel = _Kernel(run_notebook.kernel_env(held, env), log)
+    kernel = SharedKernel(run_notebook.kernel_env(held, env), log)
     reports = []
     try:
         for run in job.runs:
@@ -191,7 +194,7 @@ def execute(job: Job, earlier: Sequence[RunReport] = ()) -> list[RunReport]:
     return reports
 
 
-def _execute_run(job: Job, run: Run, kernel: _Kernel, worker: str, threads: int) -> RunReport:
+def _execute_run(job: Job, run: Run, kernel: SharedKernel, worker: str, threads: int) -> RunReport:
     report = RunReport(run.name, ok=False, worker=worker, threads=threads)
     params = job.parameters[run.name]
     stale = [s for s in job.steps if _stale_reason(s, params[s]) is not None]
@@ -226,7 +229,7 @@ def _stale_reason(step: str, params: Mapping[str, Any]) -> str | None:
 def _attempt(
     steps: Sequence[str],
     params: Mapping[str, Mapping[str, Any]],
-    kernel: _Kernel,
+    kernel: SharedKernel,
     report: RunReport,
     info: dict[str, dict[str, Any]],
     worker: str,
