@@ -124,6 +124,27 @@ def kernel_env(held: list[Path], base: Mapping[str, str] | None = None) -> dict[
     return env
 
 
+def full_parameters(notebook: Path, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The notebook's defaults overridden by ``params``, each of which must be one of its parameters."""
+    defaults = notebook_defaults(notebook)
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise InputError(notebook, f"has no parameter(s) {unknown}", "see its parameters cell")
+    return {**defaults, **params}
+
+
+def stale_reason(notebook: Path, params: Mapping[str, Any]) -> str | None:
+    """Why ``run`` would execute the notebook now (None: its step is current), checked without the lock.
+
+    For a caller that decides whether to start a kernel at all (``lib.study``); ``run`` decides again,
+    under the lock.
+    """
+    notebook = Path(notebook)
+    parameters = full_parameters(notebook, params)
+    ws = workspace(parameters["dataset"], parameters.get("data_dir"), parameters.get("results_dir"))
+    return provenance.stale_reason(ws.results, step_of(notebook), parameters, provenance.code_digest(notebook))
+
+
 def run(
     notebook: Path,
     params: Mapping[str, Any],
@@ -138,11 +159,7 @@ def run(
     started kernel to run in (``lib.study`` runs a dataset's five notebooks in one).
     """
     notebook = Path(notebook)
-    defaults = notebook_defaults(notebook)
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise InputError(notebook, f"has no parameter(s) {unknown}", "see its parameters cell")
-    parameters = {**defaults, **params}
+    parameters = full_parameters(notebook, params)
     ws = workspace(parameters["dataset"], parameters.get("data_dir"), parameters.get("results_dir"))
     step = step_of(notebook)
     output = Path(output) if output else ws.results.notebooks / notebook.name

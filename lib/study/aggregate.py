@@ -1,0 +1,241 @@
+"""A study's aggregates: every run's models in one table, and per dataset and model a mean with its interval.
+
+Files under ``results/studies/<name>/`` (committed; the runs themselves are not):
+
+* ``runs.csv``: one row per run and model (``RUN_COLUMNS``), test data, percent; ``worker`` and ``seconds``
+  say where and how long the run ran (kept from when it actually ran, so a resumed study writes the same file);
+* ``sweeps.csv``: every run's pruning sweep (validation data), so that the figures can be redrawn without the runs;
+* ``summary.csv`` / ``summary.md``: per dataset and model, ``n``, mean, standard deviation and the
+  ``lib.study.stats`` interval of clean accuracy and ASR;
+* ``figures/thresholds.png``, ``figures/sweeps.png`` (``lib.study.figures``).
+
+A file is written only when its content changes. The tables come from the runs' folders when their results
+are complete for the study file; where no run is (a fresh clone), from the committed ``runs.csv`` and
+``sweeps.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from lib import plots, provenance
+from lib.atomic import write_bytes
+from lib.errors import InputError
+from lib.paths import result_files, shown
+from lib.run_notebook import full_parameters
+from lib.steps.common import STEPS, SWEEP
+from lib.study.runner import read_info
+from lib.study.spec import Run, StudySpec, step_notebook
+from lib.study.stats import INTERVAL_FORMULA, INTERVAL_NAME, t_interval
+from lib.summary import model_rows
+from lib.tables import markdown_table
+from lib.workspace import workspace
+
+RUN_COLUMNS = [
+    "study",
+    "dataset",
+    "seed",
+    "model",
+    "threshold",
+    "channels_pruned",
+    "clean_accuracy",
+    "attack_success_rate",
+    "worker",
+    "seconds",
+    "threads",
+]
+SWEEP_COLUMNS = ["study", "dataset", "seed", "pruned", "fraction", "clean_accuracy", "attack_success_rate"]
+METRICS = {"clean_accuracy": "clean accuracy", "attack_success_rate": "ASR"}
+
+
+@dataclass(frozen=True)
+class StudyFiles:
+    """The aggregate files of one study."""
+
+    root: Path
+
+    @property
+    def runs_csv(self) -> Path:
+        return self.root / "runs.csv"
+
+    @property
+    def sweeps_csv(self) -> Path:
+        return self.root / "sweeps.csv"
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.root / "summary.csv"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "summary.md"
+
+    def figure(self, name: str) -> Path:
+        return self.root / "figures" / f"{name}.png"
+
+
+@dataclass
+class StudySummary:
+    """A study's tables and figures, and where they came from."""
+
+    spec: StudySpec
+    runs: pd.DataFrame  # runs.csv
+    sweeps: pd.DataFrame  # sweeps.csv
+    summary: pd.DataFrame  # summary.csv
+    figures: dict[str, Figure]
+    missing: list[str] = field(default_factory=list)  # runs of the file without complete results
+    source: str = "runs"  # "runs": the run folders; "files": the committed runs.csv and sweeps.csv
+    written: list[Path] = field(default_factory=list)  # files whose content changed and were written now
+
+
+def is_complete(spec: StudySpec, run: Run) -> bool:
+    """Whether every step of ``run`` ran with the parameters the study file asks for and its files are unchanged.
+
+    The code digest is not compared: editing ``lib/`` marks the runs out of date for ``lib.study run``, but
+    their numbers still summarize until they are rerun.
+    """
+    records = provenance.read_record(result_files(run.dataset, run.results_dir))
+    for step in STEPS:
+        record = records.get(step)
+        asked = json.loads(json.dumps(full_parameters(step_notebook(step), spec.notebook_parameters(run, step))))
+        if record is None or record.parameters != asked or provenance.changes(record):
+            return False
+    return True
+
+
+def run_table(spec: StudySpec, runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``runs.csv`` and ``sweeps.csv`` rows of these (complete) runs, in the study file's order."""
+    models, sweeps = [], []
+    for run in runs:
+        ws = workspace(run.dataset, run.data_dir, run.results_dir)
+        info = read_info(run)
+        workers = [s["worker"] for s in info.values()]  # usually one; a CSAW run's data step may run elsewhere
+        seconds = sum(s["seconds"] for s in info.values()) if info else float("nan")
+        table = model_rows(ws).assign(study=spec.name, dataset=run.dataset, seed=run.seed)
+        table["worker"] = " + ".join(dict.fromkeys(workers))
+        table["seconds"] = round(seconds, 1)
+        table["threads"] = " + ".join(dict.fromkeys(str(s["threads"]) for s in info.values()))
+        models.append(table[RUN_COLUMNS])
+        provenance.require_current(ws.results, SWEEP, f"rerun the study: `python -m lib.study run {shown(spec.path)}`")
+        sweep = pd.read_csv(ws.results.sweep_csv).assign(study=spec.name, dataset=run.dataset, seed=run.seed)
+        sweeps.append(sweep[SWEEP_COLUMNS])
+    return _concat(models, RUN_COLUMNS), _concat(sweeps, SWEEP_COLUMNS)
+
+
+def _concat(tables: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and model (in the order they first appear): ``n``, mean channels pruned, and per metric its
+    mean, standard deviation and interval bounds."""
+    rows = []
+    for (dataset, model), group in runs.groupby(["dataset", "model"], sort=False):
+        row = {"dataset": dataset, "model": model, "threshold": group["threshold"].iloc[0], "n": len(group)}
+        row["channels_pruned_mean"] = group["channels_pruned"].mean()
+        for metric in METRICS:
+            interval = t_interval(group[metric])
+            row |= {
+                f"{metric}_mean": interval.mean,
+                f"{metric}_sd": interval.sd,
+                f"{metric}_ci_low": interval.low,
+                f"{metric}_ci_high": interval.high,
+            }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(spec: StudySpec, summary: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """``summary.md``: the table for reading, each metric as mean and interval, with what the interval is."""
+    shown_table = pd.DataFrame(
+        {
+            "dataset": summary["dataset"],
+            "model": summary["model"],
+            "n": summary["n"],
+            "channels pruned": summary["channels_pruned_mean"],
+        }
+    )
+    for metric, label in METRICS.items():
+        shown_table[f"{label} (%)"] = summary[f"{metric}_mean"].map(_number)
+        shown_table[f"{label} 95 % CI"] = [
+            _bounds(lo, hi) for lo, hi in zip(summary[f"{metric}_ci_low"], summary[f"{metric}_ci_high"], strict=True)
+        ]
+    n_runs = len(runs.groupby(["dataset", "seed"]))
+    threads = ", ".join(dict.fromkeys(runs["threads"].astype(str)))
+    head = (
+        f"# Study `{spec.name}`: {n_runs} of {len(spec.runs())} runs "
+        f"({len(spec.datasets)} dataset(s) x {len(spec.seeds)} seeds)\n\n"
+        f"Test data, percent: the mean over the seeds and its {INTERVAL_NAME} ({INTERVAL_FORMULA}). "
+        "`n` counts the runs that have the model (a threshold that never fired leaves no B'); channels pruned "
+        f"is their mean. Each run's TensorFlow used {threads} thread(s): training results depend on it.\n\n"
+    )
+    return head + markdown_table(shown_table)
+
+
+def _number(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.2f}"
+
+
+def _bounds(low: float, high: float) -> str:
+    return "n/a" if pd.isna(low) else f"[{low:.2f}, {high:.2f}]"
+
+
+def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
+    """The study's tables and figures; with ``write``, the aggregate files whose content changed.
+
+    From the run folders where any run is complete (the others are listed as missing), else from the
+    committed ``runs.csv``/``sweeps.csv``. Files are never rewritten from themselves.
+    """
+    from lib.study.figures import sweep_figure, threshold_figure
+
+    files = StudyFiles(spec.root)
+    all_runs = spec.runs()
+    complete = [r for r in all_runs if is_complete(spec, r)]
+    missing = [r.name for r in all_runs if r not in complete]
+    if complete:
+        runs, sweeps = run_table(spec, complete)
+        source = "runs"
+    elif files.runs_csv.is_file() and files.sweeps_csv.is_file():
+        runs, sweeps = pd.read_csv(files.runs_csv), pd.read_csv(files.sweeps_csv)
+        source, missing = "files", []
+    else:
+        raise InputError(
+            shown(files.runs_csv),
+            "not found, and no run of the study has complete results",
+            f"run the study first: `python -m lib.study run {shown(spec.path)}` (or `make study STUDY={spec.name}`)",
+        )
+    summary = summary_table(runs)
+    figures = {"thresholds": threshold_figure(runs), "sweeps": sweep_figure(sweeps)}
+    result = StudySummary(spec, runs, sweeps, summary, figures, missing, source)
+    if write and source == "runs":
+        result.written = _write(files, spec, result)
+    return result
+
+
+def _write(files: StudyFiles, spec: StudySpec, result: StudySummary) -> list[Path]:
+    texts = {
+        files.runs_csv: _csv(result.runs),
+        files.sweeps_csv: _csv(result.sweeps),
+        files.summary_csv: _csv(result.summary),
+        files.summary_md: summary_markdown(spec, result.summary, result.runs),
+    }
+    contents = {path: text.encode("utf-8") for path, text in texts.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, figure in result.figures.items():
+            contents[files.figure(name)] = plots.save_figure(figure, Path(tmp) / f"{name}.png").read_bytes()
+    written = []
+    for path, data in contents.items():
+        if not path.is_file() or path.read_bytes() != data:
+            write_bytes(path, data)
+            written.append(path)
+    return written
+
+
+def _csv(table: pd.DataFrame) -> str:
+    return table.to_csv(index=False, lineterminator="\n")

@@ -1,0 +1,271 @@
+"""A study file (``studies/<name>.yaml``): which runs make up a study, read and checked before anything runs.
+
+A run is one (dataset, seed) pair. For a demo the seed builds its own attack instance (``DemoRecipe.seed``:
+faces, poisoning, training) in the run's folder and seeds the notebooks; for a CSAW dataset the runs share
+``data/<dataset>`` and the seed only seeds what is random in the notebooks (fine-tuning). Every mistake in the
+file stops here with one message that names the key and the fix, instead of failing twenty runs later.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lib.catalog import DATASETS, dataset_spec
+from lib.demo import DemoRecipe
+from lib.errors import InputError
+from lib.paths import PROJECT_ROOT, data_folder, results_root, shown
+from lib.steps.common import DATA, STEPS
+
+#: Where study files live (``make study STUDY=<name>`` reads ``studies/<name>.yaml``).
+STUDIES = PROJECT_ROOT / "studies"
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+KEYS = ("name", "datasets", "seeds", "parameters", "demo_recipe", "threads_per_run")
+#: Notebook parameters the study sets for each run: a study file may not set them for all runs at once.
+PER_RUN = {
+    "dataset": "list the dataset under datasets:",
+    "data_dir": "the study chooses each run's folders",
+    "results_dir": "the study chooses each run's folders",
+    "seed": "list the seeds under seeds:",
+    "demo_recipe": "put recipe overrides under demo_recipe: at the top level",
+}
+#: ``DemoRecipe`` fields a study may not override: the seed is the run's, the attack is the dataset's.
+RECIPE_FIXED = {
+    "seed": "each run's seed comes from seeds:",
+    "attack": "the dataset chooses the attack: list demo (BadNets) or demo-pruning-aware",
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_EXAMPLE = "see studies/demo-seeds.yaml"
+
+
+def step_notebook(step: str) -> Path:
+    """The notebook that runs ``step``: ``notebooks/03_pruning_sweep.ipynb`` for ``pruning_sweep``."""
+    (path,) = NOTEBOOK_DIR.glob(f"[0-9][0-9]_{step}.ipynb")
+    return path
+
+
+@functools.cache
+def notebook_defaults(step: str) -> dict[str, Any]:
+    """The parameters of a step's notebook with their defaults (read once per process)."""
+    from lib.run_notebook import notebook_defaults as read  # papermill: only where notebooks are read
+
+    return read(step_notebook(step))
+
+
+def study_root(name: str) -> Path:
+    """``results/studies/<name>``: the study's aggregates; its runs in ``runs/`` below (not committed)."""
+    return results_root() / "studies" / name
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (dataset, seed) pair of a study, and the folders it reads and writes."""
+
+    study: str
+    dataset: str
+    seed: int
+    #: The study folder as the client resolved it; workers on other machines see it at the same path.
+    root: Path = field(compare=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-seed{self.seed}"
+
+    @property
+    def is_demo(self) -> bool:
+        return dataset_spec(self.dataset).is_demo
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "runs" / self.name
+
+    @property
+    def data_dir(self) -> Path:
+        """A demo's own attack instance inside the run's folder; a CSAW dataset's shared ``data/<dataset>``."""
+        return self.results_dir / "data" if self.is_demo else data_folder(self.dataset).resolve()
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study file, validated: the datasets, the seeds, and what every run's notebooks get."""
+
+    name: str
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    parameters: dict[str, Any]
+    demo_recipe: dict[str, Any]
+    path: Path
+    #: Threads of each run's TensorFlow, OpenMP and BLAS pools; None: its share of its worker's cores. Training
+    #: results depend on it: fixing it makes a study's numbers independent of the cluster's shape.
+    threads_per_run: int | None = None
+
+    @property
+    def root(self) -> Path:
+        return study_root(self.name).resolve()
+
+    def runs(self) -> list[Run]:
+        """Every run, dataset by dataset in the file's order, seeds in the file's order."""
+        return [Run(self.name, d, s, self.root) for d in self.datasets for s in self.seeds]
+
+    def notebook_parameters(self, run: Run, step: str) -> dict[str, Any]:
+        """What ``run``'s notebook of ``step`` is given: the run's dataset, folders and seed, and the study's
+        shared parameters that this notebook has (each notebook declares its own)."""
+        params: dict[str, Any] = {
+            "dataset": run.dataset,
+            "data_dir": str(run.data_dir),
+            "results_dir": str(run.results_dir),
+            "seed": run.seed,
+        }
+        defaults = notebook_defaults(step)
+        params.update({k: v for k, v in self.parameters.items() if k in defaults})
+        if step == DATA and run.is_demo:
+            params["demo_recipe"] = {**self.demo_recipe, "seed": run.seed}
+        return params
+
+
+def spec_path(study: str | Path) -> Path:
+    """A study's file: ``study`` itself when it is a path (a ``.yaml`` name or an existing file), else
+    ``studies/<study>.yaml``."""
+    path = Path(study)
+    return path if path.suffix in (".yaml", ".yml") or path.is_file() else STUDIES / f"{study}.yaml"
+
+
+def load_spec(study: str | Path) -> StudySpec:
+    """Read and check a study file (a path, or a name in ``studies/``); every problem is an ``InputError``
+    naming the key and the fix."""
+    path = spec_path(study)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml"))) or "none yet"
+        raise InputError(shown(path), "file not found", f"give the path of a study file (in studies/: {known})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(shown(path), f"not valid YAML{where}", f"fix the syntax there ({_EXAMPLE})") from None
+    if not isinstance(data, dict):
+        raise InputError(shown(path), "is not a mapping of keys to values", _EXAMPLE)
+    where = shown(path)
+    unknown = sorted(set(data) - set(KEYS), key=str)
+    if unknown:
+        raise InputError(f"{where}: {unknown[0]}", "unknown key", f"use only {', '.join(KEYS)}")
+    name = _name(data, where, path)
+    datasets = _datasets(data.get("datasets"), where)
+    seeds = _seeds(data.get("seeds"), where)
+    parameters = _parameters(data.get("parameters"), where)
+    recipe = _demo_recipe(data.get("demo_recipe"), where, datasets, seeds)
+    threads = data.get("threads_per_run")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(
+            f"{where}: threads_per_run",
+            f"{threads!r} is not a number of threads",
+            "give a whole number >= 1, or leave the key out to give each run its share of its worker's cores",
+        )
+    return StudySpec(name, datasets, seeds, parameters, recipe, path.resolve(), threads)
+
+
+def _name(data: dict, where: str, path: Path) -> str:
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InputError(
+            f"{where}: name", f"{name!r} is not a study name", "give a name of letters, digits, '.', '_' and '-'"
+        )
+    if name != path.stem:
+        raise InputError(
+            f"{where}: name",
+            f"{name!r} differs from the file's name {path.stem!r}",
+            f"set name: {path.stem} (or rename the file to {name}.yaml): `make study STUDY=...` finds a study by it",
+        )
+    return name
+
+
+def _datasets(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(d, str) for d in value):
+        raise InputError(f"{where}: datasets", "must be a non-empty list of dataset names", "e.g. [demo]")
+    for name in value:
+        if name not in DATASETS:
+            raise InputError(f"{where}: datasets", f"unknown dataset {name!r}", f"use names from {', '.join(DATASETS)}")
+    if len(set(value)) != len(value):
+        raise InputError(f"{where}: datasets", "lists a dataset twice", "list each dataset once")
+    return tuple(value)
+
+
+def _seeds(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise InputError(f"{where}: seeds", "must be a non-empty list of whole numbers", "e.g. [1, 2, 3]")
+    for seed in value:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InputError(f"{where}: seeds", f"{seed!r} is not a whole number >= 0", "e.g. seeds: [1, 2, 3]")
+    if len(set(value)) != len(value):
+        raise InputError(f"{where}: seeds", "lists a seed twice", "list each seed once: a repeated seed repeats a run")
+    return tuple(value)
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: parameters", "must be a mapping of notebook parameters", "e.g. {thresholds: [2]}")
+    known: dict[str, Any] = {}
+    for step in STEPS:
+        for name, default in notebook_defaults(step).items():
+            known.setdefault(name, default)
+    for name, v in value.items():
+        if name in PER_RUN:
+            raise InputError(f"{where}: parameters: {name}", "is set by the study for each run", PER_RUN[name])
+        if name not in known:
+            raise InputError(
+                f"{where}: parameters: {name}",
+                "no notebook has this parameter",
+                f"use parameters of the notebooks: {', '.join(sorted(set(known) - set(PER_RUN)))}",
+            )
+        if not _same_kind(v, known[name]):
+            raise InputError(
+                f"{where}: parameters: {name}",
+                f"{v!r} is not a {type(known[name]).__name__} like its default",
+                f"give a value like the notebooks' default {known[name]!r}",
+            )
+    return dict(value)
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether ``value`` can stand where the notebook's literal ``default`` stands (None accepts anything)."""
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
+def _demo_recipe(value: Any, where: str, datasets: tuple[str, ...], seeds: tuple[int, ...]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: demo_recipe", "must be a mapping of DemoRecipe fields", "e.g. {epochs: 6}")
+    names = {f.name for f in fields(DemoRecipe)}
+    for key in value:
+        if key in RECIPE_FIXED:
+            raise InputError(f"{where}: demo_recipe: {key}", "cannot be set for a study", RECIPE_FIXED[key])
+        if key not in names:
+            raise InputError(
+                f"{where}: demo_recipe: {key}",
+                "is not a field of lib.demo.DemoRecipe",
+                f"use {', '.join(sorted(names - set(RECIPE_FIXED)))}",
+            )
+    for name in datasets:
+        spec = dataset_spec(name)
+        if spec.is_demo:
+            try:
+                DemoRecipe(**{**spec.demo_recipe, **value, "seed": seeds[0]})
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"{where}: demo_recipe", str(exc), "fix that field") from None
+    return dict(value)
