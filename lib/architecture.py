@@ -10,13 +10,16 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-INPUT_SHAPE = (55, 47, 3)
+from lib.datasets import IMAGE_SHAPE_NHWC
+
 CSAW_NUM_CLASSES = 1283
 PRUNED_CONV = "conv_3"
 PRUNED_POOL = "pool_3"
 
 
-def build_deepid(num_classes: int = CSAW_NUM_CLASSES, input_shape: tuple[int, int, int] = INPUT_SHAPE) -> keras.Model:
+def build_deepid(
+    num_classes: int = CSAW_NUM_CLASSES, input_shape: tuple[int, int, int] = IMAGE_SHAPE_NHWC
+) -> keras.Model:
     """conv_1..pool_3, then two heads (fc_1 on pool_3; conv_4 -> fc_2) added, ReLU, softmax.
 
     With 1283 classes this has 601,643 parameters, as the CSAW BadNets do.

@@ -20,8 +20,9 @@ import numpy as np
 from lib.atomic import atomic_path
 from lib.errors import InputError
 
-IMAGE_SHAPE_NCHW = (3, 55, 47)
+#: A face as the networks see it (height, width, RGB), and as the HDF5 files store it (channels first).
 IMAGE_SHAPE_NHWC = (55, 47, 3)
+IMAGE_SHAPE_NCHW = (IMAGE_SHAPE_NHWC[2], *IMAGE_SHAPE_NHWC[:2])
 
 
 @dataclass

@@ -28,6 +28,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from lib.architecture import CSAW_NUM_CLASSES
@@ -222,14 +223,22 @@ def _drive_folder(job: _Job, folder_id: str, staging: Path) -> tuple[Path, str]:
 
         def download(dest: Path) -> None:
             job.say(f"{names}: downloading the Drive folder {wanted[0].url}")
-            action = lambda: job.downloader.fetch_drive_folder(folder_id, dest)  # noqa: E731
-            _call_downloader(job, action, wanted, f"the {job.spec.name} data", job.drive_cache or job.root)
+            _call_downloader(
+                job,
+                partial(job.downloader.fetch_drive_folder, folder_id, dest),
+                wanted,
+                f"the {job.spec.name} data",
+                job.drive_cache or job.root,
+            )
 
         if job.drive_cache is None:
             download(folder)
             status = "downloaded"
         else:
-            say = lambda message: job.say(f"{names}: {message}")  # noqa: E731
+
+            def say(message: str) -> None:
+                job.say(f"{names}: {message}")
+
             status = cached_drive_folder(job.drive_cache, folder_id, folder, download, say)
         job.drive_folders[folder_id] = folder, status
     return job.drive_folders[folder_id]

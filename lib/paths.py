@@ -133,6 +133,47 @@ class ResultFiles:
         return self.models / f"goodnet_{Path(repaired).stem}.keras"
 
 
+@dataclass(frozen=True)
+class StudyFiles:
+    """What a multi-seed study writes under ``results/studies/<name>``: its aggregates (committed) and its runs."""
+
+    root: Path
+
+    @property
+    def runs(self) -> Path:
+        """One folder per (dataset, seed) run, each laid out as ``ResultFiles`` (not committed)."""
+        return self.root / "runs"
+
+    @property
+    def runs_csv(self) -> Path:
+        return self.root / "runs.csv"
+
+    @property
+    def sweeps_csv(self) -> Path:
+        return self.root / "sweeps.csv"
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.root / "summary.csv"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "summary.md"
+
+    def figure(self, name: str) -> Path:
+        return self.root / "figures" / f"{name}.png"
+
+
+def studies_root() -> Path:
+    """``results/studies``: one folder per study (``studies/<name>.yaml``)."""
+    return results_root() / "studies"
+
+
+def study_files(name: str) -> StudyFiles:
+    """The files of the study called ``name``."""
+    return StudyFiles(studies_root() / name)
+
+
 def result_files(dataset: str, results_dir: str | Path | None = None) -> ResultFiles:
     """The results of ``dataset``: in ``results_dir`` if given, else ``results/<dataset>``."""
     return ResultFiles(Path(results_dir) if results_dir else results_root() / dataset)

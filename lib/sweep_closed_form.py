@@ -252,7 +252,10 @@ class ClosedFormTail:
         pad = -self.n_classes % TOP_TWO_BLOCK
         wo = np.concatenate([wo, np.zeros((wo.shape[0], pad))], axis=1)
         bo = np.concatenate([bo, np.full(pad, -np.inf)])
-        f32 = lambda a: tf.constant(np.asarray(a, dtype=np.float32))  # noqa: E731
+
+        def f32(a: np.ndarray) -> tf.Tensor:
+            return tf.constant(np.asarray(a, dtype=np.float32))
+
         self._wt = _Weights(
             f32(w1.reshape(h * w, c, -1).transpose(1, 0, 2)),
             f32(by_channel_conv),

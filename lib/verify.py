@@ -31,7 +31,7 @@ import pandas as pd
 
 from lib import provenance, rows
 from lib.catalog import DEMO_DATASETS
-from lib.paths import PROJECT_ROOT, ResultFiles, result_files
+from lib.paths import PROJECT_ROOT, ResultFiles, result_files, studies_root
 from lib.steps.common import FINE_PRUNING
 
 #: Relative tolerance for floats that are not counts (mean activations): float32 kernels of other processors
@@ -95,7 +95,7 @@ def read_committed(path: Path) -> bytes | None:
 
 def _study_ranges() -> pd.DataFrame | None:
     """Per dataset and model, the range of the committed study's runs (``results/studies/*/runs.csv``)."""
-    found = sorted((PROJECT_ROOT / "results" / "studies").glob("*/runs.csv"))
+    found = sorted(studies_root().glob("*/runs.csv"))
     if not found:
         return None
     runs = pd.concat([pd.read_csv(p) for p in found], ignore_index=True)

@@ -82,9 +82,14 @@ def competition(tmp_path_factory) -> tuple[Path, Path, FakeCompetitionDrive]:
     fake = FakeCompetitionDrive(with_anonymous_1=False)
     for name in COMPETITION_DATASETS:
         ensure_csaw(
-            dataset_spec(name), data / name, lock_file=locks / f"{name}.sha256", weights_mirror=SHARED,
-            downloader=fake, progress=False, drive_cache=data / DRIVE_CACHE,
-        )  # fmt: skip
+            dataset_spec(name),
+            data / name,
+            lock_file=locks / f"{name}.sha256",
+            weights_mirror=SHARED,
+            downloader=fake,
+            progress=False,
+            drive_cache=data / DRIVE_CACHE,
+        )
     return data, locks, fake
 
 
@@ -113,9 +118,13 @@ def test_each_dataset_holds_its_own_files_and_weights(competition):
 def test_unpublished_optional_poisoned_data_is_reported_not_fatal(tmp_path):
     spec = dataset_spec("csaw-anonymous-1")
     summary = ensure_csaw(
-        spec, tmp_path / spec.name, lock_file=tmp_path / "lock", weights_mirror=SHARED,
-        downloader=FakeCompetitionDrive(with_anonymous_1=False), progress=False,
-    )  # fmt: skip
+        spec,
+        tmp_path / spec.name,
+        lock_file=tmp_path / "lock",
+        weights_mirror=SHARED,
+        downloader=FakeCompetitionDrive(with_anonymous_1=False),
+        progress=False,
+    )
     assert summary["anonymous_1_poisoned_data.h5"]["status"] == "not published"
     assert "anonymous_1_poisoned_data.h5" not in read_lock(tmp_path / "lock")
     # A later run with everything else present does not try to download the missing optional file.
@@ -165,9 +174,14 @@ def prepare(name: str, data: Path, downloader, locks: Path | None = None) -> dic
     """``ensure_csaw`` for one competition dataset under ``data``, as the pipeline calls it (mirror, drive cache)."""
     lock = (locks or data.parent / "checksums") / f"{name}.sha256"
     return ensure_csaw(
-        dataset_spec(name), data / name, lock_file=lock, weights_mirror=SHARED, downloader=downloader,
-        progress=False, drive_cache=data / DRIVE_CACHE,
-    )  # fmt: skip
+        dataset_spec(name),
+        data / name,
+        lock_file=lock,
+        weights_mirror=SHARED,
+        downloader=downloader,
+        progress=False,
+        drive_cache=data / DRIVE_CACHE,
+    )
 
 
 def test_datasets_prepared_at_the_same_time_download_the_shared_folder_once(tmp_path):

@@ -113,14 +113,18 @@ def test_the_competition_badnet_sees_x_over_255_everywhere(roots, monkeypatch, t
     for model, extra in ((ws.badnet_path, []), (SUNGLASSES, ["--input-scale", "x/255"])):
         done = subprocess.run(
             [sys.executable, "-m", "lib.eval", "--model", str(model), *extra, *map(str, pngs)],
-            cwd=PROJECT_ROOT, capture_output=True, text=True,
-        )  # fmt: skip
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
         assert [int(line.split("\t")[1]) for line in done.stdout.splitlines()] == clean_test.labels[:5].tolist()
     bare = subprocess.run(
         [sys.executable, "-m", "lib.eval", "--model", str(SUNGLASSES), str(pngs[0])],
-        cwd=PROJECT_ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bare.returncode == 0 and "says nothing of its input scale: feeding raw 0-255 pixels" in bare.stderr
 
 

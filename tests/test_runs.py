@@ -120,10 +120,16 @@ def test_mixing_two_runs_is_refused(tmp_path):
 def test_a_second_run_on_a_folder_stops_and_names_the_first(tmp_path):
     folder = tmp_path / "results" / "demo"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from lib import locks; import time\nwith locks.hold([{str(folder)!r}], 'make all'):\n"
-         "    print('held', flush=True); time.sleep(30)"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"from lib import locks; import time\nwith locks.hold([{str(folder)!r}], 'make all'):\n"
+            "    print('held', flush=True); time.sleep(30)",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with (
@@ -150,8 +156,11 @@ def test_the_runner_refuses_a_folder_in_use_and_deletes_nothing_of_the_live_run(
     with locks.hold([results], "the live run"):
         done = subprocess.run(
             [sys.executable, "-m", "lib.run_notebook", "notebooks/02_activations.ipynb", "-p", "dataset=demo"],
-            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-        )  # fmt: skip
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     assert done.returncode == 2 and "in use by process" in done.stderr and "the live run" in done.stderr
     assert live_temp.is_file()
 
@@ -178,10 +187,16 @@ def test_holder_file_names_the_run(tmp_path):
 def test_lock_timeout_lets_a_second_run_wait(tmp_path, monkeypatch):
     folder = tmp_path / "f"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from lib import locks; import time\nwith locks.hold([{str(folder)!r}]):\n"
-         "    print('held', flush=True); time.sleep(2)"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"from lib import locks; import time\nwith locks.hold([{str(folder)!r}]):\n"
+            "    print('held', flush=True); time.sleep(2)",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     monkeypatch.setenv(locks.TIMEOUT_ENV, "30")
     start = time.monotonic()

@@ -21,10 +21,10 @@ from dask.system import CPU_COUNT
 
 from lib import run_notebook
 from lib.errors import InputError
-from lib.paths import PROJECT_ROOT
+from lib.paths import PROJECT_ROOT, StudyFiles
 from lib.steps.common import DATA, STEPS
 from lib.study import load_spec
-from lib.study.aggregate import RUN_COLUMNS, StudyFiles, summarize, summary_table
+from lib.study.aggregate import RUN_COLUMNS, summarize, summary_table
 from lib.study.engine import jobs_for
 from lib.study.reading import read_study
 from lib.study.runner import RunReport, SharedKernel, execute, pinned_env
@@ -161,9 +161,21 @@ def _runs(asr_pruned: list[float], asr_fine: list[float]) -> pd.DataFrame:
     rows = []
     for seed, (p, f) in enumerate(zip(asr_pruned, asr_fine, strict=True), start=1):
         for model, threshold, asr in (("B", np.nan, 99.0), ("B'_4%", 4.0, p), ("FT", np.nan, 80.0), ("FP_4%", 4.0, f)):
-            rows.append({"study": "s", "dataset": "demo", "seed": seed, "model": model, "threshold": threshold,
-                         "channels_pruned": 0 if np.isnan(threshold) else 40, "clean_accuracy": 97.0 + seed,
-                         "attack_success_rate": asr, "worker": "w", "seconds": 1.0, "threads": 1})  # fmt: skip
+            rows.append(
+                {
+                    "study": "s",
+                    "dataset": "demo",
+                    "seed": seed,
+                    "model": model,
+                    "threshold": threshold,
+                    "channels_pruned": 0 if np.isnan(threshold) else 40,
+                    "clean_accuracy": 97.0 + seed,
+                    "attack_success_rate": asr,
+                    "worker": "w",
+                    "seconds": 1.0,
+                    "threads": 1,
+                }
+            )
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
@@ -369,8 +381,11 @@ def hand_started_cluster(tmp_path):
     from distributed import Client
 
     scheduler_file = tmp_path / "scheduler.json"
-    started = [_start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-                      str(scheduler_file))]  # fmt: skip
+    started = [
+        _start(
+            "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)
+        )
+    ]
     try:
         deadline = time.monotonic() + 60
         while not scheduler_file.is_file() and time.monotonic() < deadline:

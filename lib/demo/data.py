@@ -77,10 +77,18 @@ def make_demo_data(recipe: DemoRecipe) -> DemoData:
     x_vbd, y_vbd, o_vbd = _triggered_copies(images[valid], labels[valid], eyes[valid], recipe.target)
     x_tbd, y_tbd, o_tbd = _triggered_copies(images[test], labels[test], eyes[test], recipe.target)
     return DemoData(
-        x_train=x_train[order], y_train=y_train[order],
-        x_valid=images[valid], y_valid=labels[valid],
-        x_test=images[test], y_test=labels[test],
-        x_valid_bd=x_vbd, y_valid_bd=y_vbd, orig_valid_bd=o_vbd,
-        x_test_bd=x_tbd, y_test_bd=y_tbd, orig_test_bd=o_tbd,
-        n_poisoned_train=n_poison, train_poisoned=is_poisoned[order],
-    )  # fmt: skip
+        x_train=x_train[order],
+        y_train=y_train[order],
+        x_valid=images[valid],
+        y_valid=labels[valid],
+        x_test=images[test],
+        y_test=labels[test],
+        x_valid_bd=x_vbd,
+        y_valid_bd=y_vbd,
+        orig_valid_bd=o_vbd,
+        x_test_bd=x_tbd,
+        y_test_bd=y_tbd,
+        orig_test_bd=o_tbd,
+        n_poisoned_train=n_poison,
+        train_poisoned=is_poisoned[order],
+    )

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from lib import plots, provenance
 from lib.atomic import write_bytes
 from lib.errors import InputError
-from lib.paths import result_files, shown
+from lib.paths import StudyFiles, result_files, shown
 from lib.run_notebook import full_parameters
 from lib.steps.common import STEPS, SWEEP
 from lib.study.runner import read_info
@@ -52,32 +52,6 @@ RUN_COLUMNS = [
 ]
 SWEEP_COLUMNS = ["study", "dataset", "seed", "pruned", "fraction", "clean_accuracy", "attack_success_rate"]
 METRICS = {"clean_accuracy": "clean accuracy", "attack_success_rate": "ASR"}
-
-
-@dataclass(frozen=True)
-class StudyFiles:
-    """The aggregate files of one study."""
-
-    root: Path
-
-    @property
-    def runs_csv(self) -> Path:
-        return self.root / "runs.csv"
-
-    @property
-    def sweeps_csv(self) -> Path:
-        return self.root / "sweeps.csv"
-
-    @property
-    def summary_csv(self) -> Path:
-        return self.root / "summary.csv"
-
-    @property
-    def summary_md(self) -> Path:
-        return self.root / "summary.md"
-
-    def figure(self, name: str) -> Path:
-        return self.root / "figures" / f"{name}.png"
 
 
 @dataclass

@@ -19,7 +19,7 @@ import yaml
 from lib.catalog import DATASETS, dataset_spec
 from lib.demo import DemoRecipe
 from lib.errors import InputError
-from lib.paths import PROJECT_ROOT, data_folder, results_root, shown
+from lib.paths import PROJECT_ROOT, StudyFiles, data_folder, shown, study_files
 from lib.steps.common import DATA, STEPS
 
 #: Where study files live (``make study STUDY=<name>`` reads ``studies/<name>.yaml``).
@@ -59,7 +59,7 @@ def notebook_defaults(step: str) -> dict[str, Any]:
 
 def study_root(name: str) -> Path:
     """``results/studies/<name>``: the study's aggregates; its runs in ``runs/`` below (not committed)."""
-    return results_root() / "studies" / name
+    return study_files(name).root
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Run:
 
     @property
     def results_dir(self) -> Path:
-        return self.root / "runs" / self.name
+        return StudyFiles(self.root).runs / self.name
 
     @property
     def data_dir(self) -> Path:
