@@ -44,81 +44,35 @@ def checksum_file(dataset: str) -> Path:
     return CHECKSUMS / f"{dataset}.sha256"
 
 
+def _under_root(name: str, doc: str = "") -> property:
+    """A file or folder at ``name`` under the instance's ``root``: the layout is this table of names."""
+    return property(lambda self: self.root / name, doc=doc or f"``{name}``")
+
+
 @dataclass(frozen=True)
 class ResultFiles:
-    """Every file the pipeline writes for one run of one dataset, under ``root``."""
+    """Every file the pipeline writes for one run of one dataset, under ``root``, in step order."""
 
     root: Path
 
-    # -- written by the steps, in step order ------------------------------------------------
-    @property
-    def run_record(self) -> Path:
-        """What each step read and wrote, with digests (``lib.provenance``); local state, not committed."""
-        return self.root / "run.json"
-
-    @property
-    def reference_check_csv(self) -> Path:
-        """B on clean validation data against the publisher's figures (CSAW datasets, notebook 01)."""
-        return self.root / "reference_check.csv"
-
-    @property
-    def activations_csv(self) -> Path:
-        return self.root / "activations.csv"
-
-    @property
-    def sweep_csv(self) -> Path:
-        return self.root / "sweep.csv"
-
-    @property
-    def thresholds_csv(self) -> Path:
-        """The step at which each accuracy-drop threshold fired, and the channels pruned by then."""
-        return self.root / "thresholds.csv"
-
-    @property
-    def goodnet_csv(self) -> Path:
-        """B, each B' and each G on test data (notebook 04)."""
-        return self.root / "goodnet.csv"
-
-    @property
-    def goodnet_md(self) -> Path:
-        return self.root / "goodnet.md"
-
-    @property
-    def fine_pruning_csv(self) -> Path:
-        """FT, GFT, each FP and GFP on test data (notebook 05)."""
-        return self.root / "fine_pruning.csv"
-
-    @property
-    def fine_pruning_md(self) -> Path:
-        """Every model of both steps in one table, for reading."""
-        return self.root / "fine_pruning.md"
-
-    @property
-    def fine_tuning_history_csv(self) -> Path:
-        """One row per fine-tuned model and epoch: losses, hold-out accuracy, the epoch kept."""
-        return self.root / "fine_tuning_history.csv"
-
-    @property
-    def trained_on(self) -> Path:
-        """The machine and library versions that trained the fine-tuned models (their numbers depend on it)."""
-        return self.root / "trained_on.json"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
+    run_record = _under_root("run.json", "What each step read and wrote, with digests (lib.provenance); not committed.")
+    reference_check_csv = _under_root("reference_check.csv", "B against its publishers' figures (CSAW, notebook 01).")
+    activations_csv = _under_root("activations.csv")
+    sweep_csv = _under_root("sweep.csv")
+    thresholds_csv = _under_root("thresholds.csv", "Where each threshold fired, and the channels pruned by then.")
+    goodnet_csv = _under_root("goodnet.csv", "B, each B' and each G on test data (notebook 04).")
+    goodnet_md = _under_root("goodnet.md")
+    fine_pruning_csv = _under_root("fine_pruning.csv", "FT, GFT, each FP and GFP on test data (notebook 05).")
+    fine_pruning_md = _under_root("fine_pruning.md", "Every model of both steps in one table, for reading.")
+    fine_tuning_history_csv = _under_root("fine_tuning_history.csv", "Per fine-tuned model and epoch: losses, kept.")
+    trained_on = _under_root("trained_on.json", "The machine and versions that trained the fine-tuned models.")
+    figures = _under_root("figures")
+    models = _under_root("models")
+    notebooks = _under_root("notebooks", "Executed copies of the notebooks, their logs (not committed).")
 
     def figure(self, name: str) -> Path:
         """``figures/<name>.png``: samples, activations, sweep, goodnet, fine_pruning."""
         return self.figures / f"{name}.png"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def notebooks(self) -> Path:
-        """Executed copies of the notebooks (not committed)."""
-        return self.root / "notebooks"
 
     def bprime(self, threshold: float) -> Path:
         """B' saved when clean validation accuracy had dropped by ``threshold`` points."""
@@ -139,26 +93,11 @@ class StudyFiles:
 
     root: Path
 
-    @property
-    def runs(self) -> Path:
-        """One folder per (dataset, seed) run, each laid out as ``ResultFiles`` (not committed)."""
-        return self.root / "runs"
-
-    @property
-    def runs_csv(self) -> Path:
-        return self.root / "runs.csv"
-
-    @property
-    def sweeps_csv(self) -> Path:
-        return self.root / "sweeps.csv"
-
-    @property
-    def summary_csv(self) -> Path:
-        return self.root / "summary.csv"
-
-    @property
-    def summary_md(self) -> Path:
-        return self.root / "summary.md"
+    runs = _under_root("runs", "One folder per (dataset, seed) run, each laid out as ResultFiles (not committed).")
+    runs_csv = _under_root("runs.csv")
+    sweeps_csv = _under_root("sweeps.csv")
+    summary_csv = _under_root("summary.csv")
+    summary_md = _under_root("summary.md")
 
     def figure(self, name: str) -> Path:
         return self.root / "figures" / f"{name}.png"

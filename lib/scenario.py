@@ -14,12 +14,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from lib.catalog import DatasetSpec, TriggerFiles
+from lib.catalog import TriggerFiles
 from lib.datasets import ImageSet, check_clean_validation, check_triggered_labels, load_image_set
 from lib.errors import InputError
 from lib.input_scale import with_input_scale
 from lib.models import load_model_file, num_classes_of
-from lib.paths import ResultFiles, shown
+from lib.paths import shown
 from lib.prunable import check_prunable
 from lib.workspace import Workspace
 
@@ -32,30 +32,17 @@ def _split_path(valid: str, test: str, split: str) -> str:
     return valid if split == "valid" else test
 
 
-@dataclass
-class Scenario:
-    """The BadNet B of one run and access to its validated image sets."""
+@dataclass(frozen=True)
+class Scenario(Workspace):
+    """A run's workspace with its BadNet B loaded, and access to its validated image sets."""
 
-    ws: Workspace
     badnet: keras.Model
     n_classes: int
     conv_layer: str
     pool_layer: str
 
-    @property
-    def spec(self) -> DatasetSpec:
-        return self.ws.spec
-
-    @property
-    def dataset(self) -> str:
-        return self.ws.dataset
-
-    @property
-    def results(self) -> ResultFiles:
-        return self.ws.results
-
     def clean_path(self, split: str) -> Path:
-        return self.ws.file(_split_path(self.spec.clean_valid, self.spec.clean_test, split))
+        return self.file(_split_path(self.spec.clean_valid, self.spec.clean_test, split))
 
     def load_clean(self, split: str) -> ImageSet:
         """Clean ``valid`` or ``test`` images, validated against B's classes (validation: at least two classes)."""
@@ -67,10 +54,10 @@ class Scenario:
     @property
     def triggers(self) -> list[TriggerFiles]:
         """The triggers whose poisoned data is here (an optional one may be missing)."""
-        return [t for t in self.spec.triggers if self.ws.file(t.valid).is_file() and self.ws.file(t.test).is_file()]
+        return [t for t in self.spec.triggers if self.file(t.valid).is_file() and self.file(t.test).is_file()]
 
     def triggered_paths(self, split: str) -> dict[str, Path]:
-        return {t.name: self.ws.file(_split_path(t.valid, t.test, split)) for t in self.triggers}
+        return {t.name: self.file(_split_path(t.valid, t.test, split)) for t in self.triggers}
 
     def load_triggered(self, split: str, clean: ImageSet | None = None) -> dict[str, ImageSet]:
         """Each available trigger's ``valid`` or ``test`` images, labelled with the attacker's target.
@@ -87,7 +74,7 @@ class Scenario:
 
     def input_files(self, split: str) -> list[Path]:
         """B and the image sets of one split: what a step reading that split depends on."""
-        return [self.ws.badnet_path, self.clean_path(split), *self.triggered_paths(split).values()]
+        return [self.badnet_path, self.clean_path(split), *self.triggered_paths(split).values()]
 
     def limitations(self) -> list[str]:
         """What this dataset cannot show, in words for the notebooks."""
@@ -100,7 +87,7 @@ class Scenario:
         for t in self.spec.triggers:
             if t not in self.triggers:
                 notes.append(
-                    f"{self.dataset}: the poisoned data of trigger {t.name!r} is not in {shown(self.ws.data)}/, "
+                    f"{self.dataset}: the poisoned data of trigger {t.name!r} is not in {shown(self.data)}/, "
                     "so its attack success rate is not measured"
                 )
         if any(t.valid == t.test for t in self.triggers):
@@ -121,7 +108,7 @@ def load_scenario(
     model = load_model_file(ws.badnet_path, allow_unsafe_layers=allow_unsafe_layers)
     model = with_input_scale(model, ws.spec.input_scale, ws.badnet_path)
     check_prunable(model, conv_layer, pool_layer, ws.badnet_path)
-    return Scenario(ws, model, num_classes_of(model), conv_layer, pool_layer)
+    return Scenario(ws.spec, ws.data, ws.results, model, num_classes_of(model), conv_layer, pool_layer)
 
 
 def image_set_overview(scenario: Scenario) -> pd.DataFrame:
@@ -134,7 +121,7 @@ def image_set_overview(scenario: Scenario) -> pd.DataFrame:
         [
             {
                 "set": role,
-                "file": s.path.relative_to(scenario.ws.data).as_posix(),
+                "file": s.path.relative_to(scenario.data).as_posix(),
                 "images": len(s),
                 "distinct labels": len(np.unique(s.labels)),
             }

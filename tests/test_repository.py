@@ -106,20 +106,80 @@ def test_parameters_cell_holds_plain_literals(path):
     assert "dataset" in notebook_defaults(path) or path.stem == "06_study"
 
 
+def _block(marker: str) -> str:
+    text = (PROJECT_ROOT / "README.md").read_text()
+    return text.split(f"<!-- {marker} -->")[1].split(f"<!-- /{marker} -->")[0]
+
+
+def _table_rows(block: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.strip().splitlines()[2:]]
+
+
 def test_readme_demo_table_quotes_the_committed_results():
-    """The README's demo table is copied from results/demo*/goodnet.csv, rounded: it must not drift from them."""
+    """The README's single-run table is copied from results/demo*/goodnet.csv, rounded: it must not drift."""
     import pandas as pd
 
-    text = (PROJECT_ROOT / "README.md").read_text()
-    block = text.split("<!-- goodnet:demo -->")[1].split("<!-- /goodnet:demo -->")[0]
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.strip().splitlines()[2:]]
+    rows = _table_rows(_block("goodnet:demo"))
     tables = {
         d: pd.read_csv(PROJECT_ROOT / "results" / d / "goodnet.csv").set_index("model")
         for d in ("demo", "demo-pruning-aware")
     }
-    assert rows, "no table between the markers"
-    for model, k1, acc1, asr1, k2, acc2, asr2 in rows:
-        for table, (k, acc, asr) in zip(tables.values(), ((k1, acc1, asr1), (k2, acc2, asr2)), strict=False):
+    assert [r[0] for r in rows] == ["B", "B'_2%", "B'_4%", "B'_10%"]
+    for model, *cells in rows:
+        for table, (k, acc, asr) in zip(tables.values(), (cells[:3], cells[3:]), strict=True):
             row = table.loc[model]
             assert int(k) == row["channels_pruned"], model
             assert acc == f"{row['clean_accuracy']:.2f}" and asr == f"{row['attack_success_rate']:.2f}", model
+
+
+def _study_summary():
+    import pandas as pd
+
+    return pd.read_csv(PROJECT_ROOT / "results" / "studies" / "demo-seeds" / "summary.csv")
+
+
+def test_readme_study_table_quotes_the_study_summary():
+    """Each cell `mean [low, high]` of the README's study table is its row of summary.csv, rounded."""
+    summary = _study_summary().set_index(["dataset", "model"])
+    rows = _table_rows(_block("study:demo-seeds"))
+    assert rows, "no table between the markers"
+    for model, *cells in rows:
+        for dataset, pair in zip(("demo", "demo-pruning-aware"), (cells[:2], cells[2:]), strict=True):
+            row = summary.loc[(dataset, model)]
+            for metric, cell in zip(("clean_accuracy", "attack_success_rate"), pair, strict=True):
+                expected = (
+                    f"{row[metric + '_mean']:.1f} [{row[metric + '_ci_low']:.1f}, {row[metric + '_ci_high']:.1f}]"
+                )
+                assert cell == expected, (dataset, model, metric)
+
+
+def test_every_interval_the_readme_quotes_is_in_the_study_summary():
+    """The claims of the demo section name means and intervals: each `m % [l, h]` is one of summary.csv's."""
+    summary = _study_summary()
+    known = {
+        f"{r[m + '_mean']:.1f} % [{r[m + '_ci_low']:.1f}, {r[m + '_ci_high']:.1f}]"
+        for _, r in summary.iterrows()
+        for m in ("clean_accuracy", "attack_success_rate")
+    }
+    text = (PROJECT_ROOT / "README.md").read_text()
+    section = text.split("## Results on the demo scenarios")[1].split("\n## ")[0]
+    quoted = re.findall(r"-?\d+\.\d % \[-?\d+\.\d, -?\d+\.\d\]", section)
+    assert quoted, "the demo section quotes no interval"
+    assert not [q for q in quoted if q not in known], "intervals that are not in summary.csv"
+
+
+def test_readme_what_is_where_names_files_that_exist():
+    """Every top-level folder and every lib module the README's tree names is in the repository."""
+    block = (PROJECT_ROOT / "README.md").read_text().split("## What is where")[1].split("```")[1]
+    entries: dict[str, list[str]] = {}
+    for line in block.strip().splitlines():
+        if not line.startswith(" "):
+            entries[line.split()[0].rstrip("/")] = []
+        entries[list(entries)[-1]].append(line)
+    assert {"notebooks", "lib", "data", "results", "studies", "checksums", "benchmarks", "tests"} <= set(entries)
+    assert all((PROJECT_ROOT / folder).is_dir() for folder in entries), entries.keys()
+    named = re.findall(r"\b([a-z_]+\*?\.py|[a-z_]+/)", " ".join(entries["lib"]).removeprefix("lib/"))
+    missing = [n for n in named if n != "lib/" and not list((PROJECT_ROOT / "lib").glob(n.rstrip("/")))]
+    assert named and not missing, missing
+    notebooks = re.findall(r"\b(\d\d_\w+)", " ".join(entries["notebooks"]))
+    assert sorted(notebooks) == sorted(p.stem for p in NOTEBOOKS)

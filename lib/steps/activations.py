@@ -27,8 +27,8 @@ def analyse_activations(scenario: Scenario, batch_size: int = BATCH_SIZE, progre
 
     Writes ``activations.csv`` (means to ``ACTIVATION_DIGITS`` significant digits) and its figure.
     """
-    ws, results = scenario.ws, scenario.results
-    with locked(ws, ACTIVATIONS):
+    results = scenario.results
+    with locked(scenario, ACTIVATIONS):
         pooled = act.pool_activations(
             scenario.badnet,
             scenario.clean_path("valid"),
@@ -48,7 +48,7 @@ def analyse_activations(scenario: Scenario, batch_size: int = BATCH_SIZE, progre
         provenance.record_step(
             results,
             ACTIVATIONS,
-            [ws.badnet_path, scenario.clean_path("valid")],
+            [scenario.badnet_path, scenario.clean_path("valid")],
             [results.activations_csv, results.figure("activations")],
             f"{dormant} of {len(table)} channels of {scenario.pool_layer} dormant on clean validation data",
         )
@@ -58,13 +58,13 @@ def analyse_activations(scenario: Scenario, batch_size: int = BATCH_SIZE, progre
 def read_activation_table(scenario: Scenario) -> pd.DataFrame:
     """``activations.csv`` as the activation step wrote it, checked against the model's channel count."""
     results = scenario.results
-    provenance.require_current(results, ACTIVATIONS, rerun(scenario.ws, ACTIVATIONS))
+    provenance.require_current(results, ACTIVATIONS, rerun(scenario, ACTIVATIONS))
     table = pd.read_csv(results.activations_csv)
     n_channels = scenario.badnet.get_layer(scenario.conv_layer).filters
     if sorted(table["channel"].tolist()) != list(range(n_channels)):
         raise InputError(
             results.activations_csv,
             f"does not list each of the model's {n_channels} channels once",
-            rerun(scenario.ws, ACTIVATIONS),
+            rerun(scenario, ACTIVATIONS),
         )
     return table

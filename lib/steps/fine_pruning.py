@@ -40,8 +40,8 @@ def fine_prune(
     (``models/ft.h5``, ``models/fp_<t>.h5`` and their GoodNets) and ``trained_on.json``: these numbers come
     from training, which repeats exactly only on the same processor and library versions.
     """
-    ws, results = scenario.ws, scenario.results
-    with locked(ws, FINE_PRUNING):
+    results = scenario.results
+    with locked(scenario, FINE_PRUNING):
         pruned = read_pruned(scenario)
         pruning_rows = read_goodnet_table(scenario)
         clean = scenario.load_clean("valid")
@@ -80,7 +80,7 @@ def fine_prune(
         write_text(results.fine_pruning_md, markdown_table(both))
         write_csv(history, results.fine_tuning_history_csv)
         write_text(results.trained_on, json.dumps({**describe(), "settings": vars(settings)}, indent=2) + "\n")
-        figure = plots.plot_repair_comparison(both, title=f"{ws.dataset}: pruning vs fine-pruning (test data)")
+        figure = plots.plot_repair_comparison(both, title=f"{scenario.dataset}: pruning vs fine-pruning (test data)")
         plots.save_figure(figure, results.figure("fine_pruning"))
         provenance.record_step(
             results,

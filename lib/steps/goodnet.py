@@ -37,8 +37,8 @@ def evaluate_goodnets(scenario: Scenario, batch_size: int = BATCH_SIZE, progress
     """
     from tqdm.auto import tqdm
 
-    ws, results = scenario.ws, scenario.results
-    with locked(ws, GOODNET):
+    results = scenario.results
+    with locked(scenario, GOODNET):
         pruned = read_pruned(scenario)
         test = load_test_data(scenario)
         b = evaluate(scenario.badnet, rows.badnet(), 0, test, batch_size)
@@ -52,7 +52,7 @@ def evaluate_goodnets(scenario: Scenario, batch_size: int = BATCH_SIZE, progress
         table = goodnet_table(b, evaluated, test.clean.labels, test.target_labels, scenario.n_classes)
         write_csv(table, results.goodnet_csv)
         write_text(results.goodnet_md, markdown_table(table))
-        figure = plots.plot_goodnet(table, title=f"{ws.dataset}: B, pruned B' and GoodNet G on test data")
+        figure = plots.plot_goodnet(table, title=f"{scenario.dataset}: B, pruned B' and GoodNet G on test data")
         plots.save_figure(figure, results.figure("goodnet"))
         provenance.record_step(
             results,
@@ -72,5 +72,5 @@ def rows_summary(table: pd.DataFrame) -> str:
 
 
 def read_goodnet_table(scenario: Scenario) -> pd.DataFrame:
-    provenance.require_current(scenario.results, GOODNET, rerun(scenario.ws, GOODNET))
+    provenance.require_current(scenario.results, GOODNET, rerun(scenario, GOODNET))
     return pd.read_csv(scenario.results.goodnet_csv)

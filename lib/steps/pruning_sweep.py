@@ -39,8 +39,8 @@ def run_sweep(
     not reached now are removed. Only validation data is used: test data never chooses a model.
     """
     thresholds = validate_thresholds(thresholds)
-    ws, results = scenario.ws, scenario.results
-    with locked(ws, SWEEP):
+    results = scenario.results
+    with locked(scenario, SWEEP):
         order_table = read_activation_table(scenario)
         order = order_table["channel"].to_numpy()
         means = np.empty(len(order))
@@ -72,7 +72,7 @@ def run_sweep(
         table = threshold_table(result, steps, order, results)
         write_csv(table, results.thresholds_csv)
         figure = plots.plot_sweep(
-            result.table, steps, title=f"Pruning {scenario.conv_layer} of the {ws.dataset} BadNet"
+            result.table, steps, title=f"Pruning {scenario.conv_layer} of the {scenario.dataset} BadNet"
         )
         plots.save_figure(figure, results.figure("sweep"))
         provenance.record_step(
@@ -129,7 +129,7 @@ class Pruned:
 def read_pruned(scenario: Scenario) -> list[Pruned]:
     """Every B' of the last sweep, as it recorded them, checked to be that sweep's files."""
     results = scenario.results
-    provenance.require_current(results, SWEEP, rerun(scenario.ws, SWEEP))
+    provenance.require_current(results, SWEEP, rerun(scenario, SWEEP))
     table = pd.read_csv(results.thresholds_csv, dtype={"pruned_channels": str}).astype({"channels_pruned": "Int64"})
     chosen = table.dropna(subset=["channels_pruned"])
     return [

@@ -215,15 +215,16 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     for step in STEPS:
         for name, default in notebook_defaults(step).items():
             known.setdefault(name, default)
+    _refuse_keys(
+        f"{where}: parameters",
+        value,
+        PER_RUN,
+        "is set by the study for each run",
+        set(known),
+        "no notebook has this parameter",
+        "use parameters of the notebooks",
+    )
     for name, v in value.items():
-        if name in PER_RUN:
-            raise InputError(f"{where}: parameters: {name}", "is set by the study for each run", PER_RUN[name])
-        if name not in known:
-            raise InputError(
-                f"{where}: parameters: {name}",
-                "no notebook has this parameter",
-                f"use parameters of the notebooks: {', '.join(sorted(set(known) - set(PER_RUN)))}",
-            )
         if not _same_kind(v, known[name]):
             raise InputError(
                 f"{where}: parameters: {name}",
@@ -231,6 +232,17 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
                 f"give a value like the notebooks' default {known[name]!r}",
             )
     return dict(value)
+
+
+def _refuse_keys(
+    section: str, keys: Any, fixed: dict[str, str], fixed_problem: str, known: set[str], unknown: str, hint: str
+) -> None:
+    """One error for the first key the study sets itself (``fixed``: key -> fix) or that is not ``known``."""
+    for key in keys:
+        if key in fixed:
+            raise InputError(f"{section}: {key}", fixed_problem, fixed[key])
+        if key not in known:
+            raise InputError(f"{section}: {key}", unknown, f"{hint}: {', '.join(sorted(known - set(fixed)))}")
 
 
 def _same_kind(value: Any, default: Any) -> bool:
@@ -251,16 +263,15 @@ def _demo_recipe(value: Any, where: str, datasets: tuple[str, ...], seeds: tuple
         return {}
     if not isinstance(value, dict):
         raise InputError(f"{where}: demo_recipe", "must be a mapping of DemoRecipe fields", "e.g. {epochs: 6}")
-    names = {f.name for f in fields(DemoRecipe)}
-    for key in value:
-        if key in RECIPE_FIXED:
-            raise InputError(f"{where}: demo_recipe: {key}", "cannot be set for a study", RECIPE_FIXED[key])
-        if key not in names:
-            raise InputError(
-                f"{where}: demo_recipe: {key}",
-                "is not a field of lib.demo.DemoRecipe",
-                f"use {', '.join(sorted(names - set(RECIPE_FIXED)))}",
-            )
+    _refuse_keys(
+        f"{where}: demo_recipe",
+        value,
+        RECIPE_FIXED,
+        "cannot be set for a study",
+        {f.name for f in fields(DemoRecipe)},
+        "is not a field of lib.demo.DemoRecipe",
+        "use",
+    )
     for name in datasets:
         spec = dataset_spec(name)
         if spec.is_demo:
