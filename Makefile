@@ -5,7 +5,8 @@
 #   make csaw-all                 the four CSAW-HackML-2020 competition BadNets, then results/csaw-summary.md
 #   make verify                   rerun the default pipeline from scratch elsewhere and compare with the committed results
 #   make study STUDY=demo-seeds   a multi-seed study (studies/<name>.yaml) on a local Dask cluster
-#   make test / make test-fast    the whole test suite / the unit tests only
+#   make demo-rebuild DATASET=demo  train a new demo BadNet on this machine and publish it (data/published/)
+#   make test / make test-fast    the whole test suite / the unit tests only; make lint: ruff
 #   make bench                    the sweep benchmark on the real CSAW weights
 #
 # A step runs only when its results are out of date: its notebook, lib/, its parameters or its input files
