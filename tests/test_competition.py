@@ -134,16 +134,21 @@ def test_unpublished_optional_poisoned_data_is_reported_not_fatal(tmp_path):
     assert again["clean_test_data.h5"]["status"] == "present"
 
 
-def test_optional_poisoned_data_is_used_when_the_folder_has_it(tmp_path):
-    spec = dataset_spec("csaw-anonymous-1")
-    summary = ensure_csaw(
+def obtain(name: str, tmp_path: Path, downloader) -> dict:
+    """``ensure_csaw`` for one dataset alone: its folder and lock file under ``tmp_path``, no drive cache."""
+    spec = dataset_spec(name)
+    return ensure_csaw(
         spec,
         tmp_path / spec.name,
         lock_file=tmp_path / "lock",
         weights_mirror=SHARED,
-        downloader=FakeCompetitionDrive(),
+        downloader=downloader,
         progress=False,
     )
+
+
+def test_optional_poisoned_data_is_used_when_the_folder_has_it(tmp_path):
+    summary = obtain("csaw-anonymous-1", tmp_path, FakeCompetitionDrive())
     assert summary["anonymous_1_poisoned_data.h5"]["status"] == "downloaded"
 
 
@@ -153,18 +158,10 @@ def test_a_required_file_missing_from_the_folder_is_one_clear_error(tmp_path):
             super().fetch_drive_folder(folder_id, dest_dir)
             (dest_dir / "data" / MULTI / "lipstick_poisoned_data.h5").unlink()
 
-    spec = dataset_spec("csaw-multi-trigger")
     with pytest.raises(InputError) as info:
-        ensure_csaw(
-            spec,
-            tmp_path / spec.name,
-            lock_file=tmp_path / "lock",
-            weights_mirror=SHARED,
-            downloader=Incomplete(),
-            progress=False,
-        )
+        obtain("csaw-multi-trigger", tmp_path, Incomplete())
     assert "lipstick_poisoned_data.h5" in str(info.value) and "download by hand" in str(info.value)
-    assert not (tmp_path / spec.name).exists()
+    assert not (tmp_path / "csaw-multi-trigger").exists()
 
 
 COMPETITION_FOLDER = DATASETS["csaw-sunglasses"].source.drive_folder_id

@@ -22,6 +22,7 @@ from lib.run_notebook import main as run_notebook
 pytestmark = pytest.mark.slow
 
 NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet", "05_fine_pruning"]
+RUNNER = [sys.executable, "-m", "lib.run_notebook"]
 SMALL_DEMO = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
 
 
@@ -207,15 +208,7 @@ def test_triggered_sets_hold_only_non_target_images(demo_run):
 def test_a_failing_notebook_is_kept_apart_and_named(tmp_path, isolated_roots):
     out = tmp_path / "02.ipynb"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lib.run_notebook",
-            str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"),
-            str(out),
-            "-p",
-            "dataset=csaw-lab3",
-        ],
+        [*RUNNER, str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"), str(out), "-p", "dataset=csaw-lab3"],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -267,16 +260,8 @@ def test_an_interrupted_run_leaves_nothing_and_reruns_cleanly(demo_run, tmp_path
     monkeypatch.setenv("BACKDOOR_DATA_ROOT", str(data.parent))
     monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(results.parent))
     out = tmp_path / "nb" / "02_activations.ipynb"
-    cmd = [
-        sys.executable,
-        "-m",
-        "lib.run_notebook",
-        str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb"),
-        str(out),
-        "-p",
-        "dataset=demo",
-        "--force",  # its results are current: only a forced run writes anything
-    ]
+    notebook = str(PROJECT_ROOT / "notebooks" / "02_activations.ipynb")
+    cmd = [*RUNNER, notebook, str(out), "-p", "dataset=demo", "--force"]  # current results: only a forced run writes
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not list(out.parent.glob(".*.tmp*")) and time.time() < deadline:  # wait until it is writing
