@@ -111,12 +111,18 @@ def load_scenario(
     return Scenario(ws.spec, ws.data, ws.results, model, num_classes_of(model), conv_layer, pool_layer)
 
 
-def image_set_overview(scenario: Scenario) -> pd.DataFrame:
-    """One row per image set: its role, file, number of images and of distinct labels (all sets validated)."""
+def load_all_sets(scenario: Scenario) -> dict[str, ImageSet]:
+    """Every image set of the run, validated, by role: ``clean valid``, ``clean test``, ``<trigger> valid``..."""
     sets = {"clean valid": scenario.load_clean("valid"), "clean test": scenario.load_clean("test")}
     for split in SPLITS:
         triggered = scenario.load_triggered(split, sets[f"clean {split}"])
         sets.update({f"{name} {split}": s for name, s in triggered.items()})
+    return sets
+
+
+def image_set_overview(scenario: Scenario, sets: dict[str, ImageSet] | None = None) -> pd.DataFrame:
+    """One row per image set: its role, file, number of images and of distinct labels (``sets``: already loaded)."""
+    sets = sets if sets is not None else load_all_sets(scenario)
     return pd.DataFrame(
         [
             {

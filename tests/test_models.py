@@ -408,20 +408,17 @@ BAD_CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("write", "subject"),
+    [(_h5_with_config, "`model_config` attribute"), (_keras_with_config, "`config.json`")],
+    ids=["h5", "keras"],
+)
 @pytest.mark.parametrize(("text", "phrase"), BAD_CONFIGS, ids=["truncated", "array", "string", "deep"])
-def test_h5_model_config_that_is_not_a_json_object(tmp_path, text, phrase):
-    path = _h5_with_config(tmp_path, text)
+def test_model_config_that_is_not_a_json_object(tmp_path, write, subject, text, phrase):
+    path = write(tmp_path, text)
     with pytest.raises(InputError) as info:
         load_model_file(path)
-    _assert_input_error(info, path, f"`model_config` attribute {phrase}", "re-download the model")
-
-
-@pytest.mark.parametrize(("text", "phrase"), BAD_CONFIGS, ids=["truncated", "array", "string", "deep"])
-def test_keras_config_json_that_is_not_a_json_object(tmp_path, text, phrase):
-    path = _keras_with_config(tmp_path, text)
-    with pytest.raises(InputError) as info:
-        load_model_file(path)
-    _assert_input_error(info, path, f"`config.json` {phrase}", "re-download the model")
+    _assert_input_error(info, path, f"{subject} {phrase}", "re-download the model")
 
 
 def test_keras_config_json_that_is_not_utf8(tmp_path):

@@ -9,12 +9,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lib import plots, provenance
+from lib.datasets import ImageSet
 from lib.demo.published import ensure_demo, published_folder
 from lib.download import DRIVE_CACHE, default_weights_mirror, ensure_csaw
 from lib.models import BATCH_SIZE, predict_classes
 from lib.paths import checksum_file, data_root, shown
 from lib.reference import enforce, reference_table
-from lib.scenario import Scenario, image_set_overview, load_scenario
+from lib.scenario import Scenario, image_set_overview, load_all_sets, load_scenario
 from lib.steps.common import DATA, locked
 from lib.tables import write_csv
 from lib.workspace import Workspace
@@ -54,15 +55,16 @@ def prepare_data(
                 ws.spec, ws.data, weights_mirror=mirror, progress=progress, drive_cache=data_root() / DRIVE_CACHE
             )
         scenario = load_scenario(ws)
-        files = image_set_overview(scenario)
+        sets = load_all_sets(scenario)  # read and validated once, for the overview, the check and the samples
+        files = image_set_overview(scenario, sets)
         outputs = list(dict.fromkeys(scenario.input_files("valid") + scenario.input_files("test")))
         reference = None
         if ws.spec.reference is not None:
-            reference = _reference_check(scenario, batch_size)
+            reference = _reference_check(scenario, sets, batch_size)
             write_csv(reference, ws.results.reference_check_csv)
             outputs.append(ws.results.reference_check_csv)
             enforce(reference, shown(ws.badnet_path), ws.dataset, enforced=check_reference)
-        figure = _sample_figure(scenario, n_samples)
+        figure = _sample_figure(scenario, sets, n_samples)
         if figure is not None:
             outputs.append(plots.save_figure(figure, ws.results.figure("samples")))
         summary = f"{len(files)} image sets, B with {scenario.n_classes} classes"
@@ -72,22 +74,25 @@ def prepare_data(
         return DataOutcome(files, reference, scenario.limitations(), figure)
 
 
-def _reference_check(scenario: Scenario, batch_size: int) -> pd.DataFrame:
-    clean = scenario.load_clean("valid")
+def _triggered_valid(scenario: Scenario, sets: dict[str, ImageSet]) -> list[ImageSet]:
+    return [sets[f"{t.name} valid"] for t in scenario.triggers]
+
+
+def _reference_check(scenario: Scenario, sets: dict[str, ImageSet], batch_size: int) -> pd.DataFrame:
+    clean = sets["clean valid"]
     accuracy = 100.0 * np.mean(predict_classes(scenario.badnet, clean.images, batch_size) == clean.labels)
-    triggered = scenario.load_triggered("valid", clean)
+    triggered = _triggered_valid(scenario, sets)
     asr = None
     if triggered and scenario.spec.reference.attack_success_rate is not None:
-        hits = [predict_classes(scenario.badnet, s.images, batch_size) == s.labels for s in triggered.values()]
+        hits = [predict_classes(scenario.badnet, s.images, batch_size) == s.labels for s in triggered]
         asr = 100.0 * float(np.mean(np.concatenate(hits)))
-    n_test = len(scenario.load_clean("test"))
-    return reference_table(scenario.spec.reference, float(accuracy), asr, len(clean), n_test)
+    return reference_table(scenario.spec.reference, float(accuracy), asr, len(clean), len(sets["clean test"]))
 
 
-def _sample_figure(scenario: Scenario, n: int) -> Figure | None:
+def _sample_figure(scenario: Scenario, sets: dict[str, ImageSet], n: int) -> Figure | None:
     """Clean validation images with their identity over images wearing the (first) trigger, labelled with the target."""
-    clean = scenario.load_clean("valid")
-    triggered = next(iter(scenario.load_triggered("valid", clean).values()), None)
+    clean = sets["clean valid"]
+    triggered = next(iter(_triggered_valid(scenario, sets)), None)
     if triggered is None:
         return None
     pick_clean = slice(None, None, max(1, len(clean) // n))
