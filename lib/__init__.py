@@ -33,6 +33,7 @@ module                      what it holds
 ``lib.activations``         mean activation of every channel of the last pooling layer
 ``lib.sweep``               the pruning sweep engine (exact) and the naive reference
 ``lib.sweep_closed_form``   the CSAW tail in closed form, pruned channel by channel
+``lib.sweep_kernels``       the closed form's arithmetic, compiled by numba, image by image
 ``lib.sweep_batches``       the reference batches ``predict`` forms, and near ties settled in them
 ``lib.sweep_table``         the sweep table and the thresholds (exact counts)
 ``lib.pruning``             zero or copy conv channels in a Keras model

@@ -8,9 +8,10 @@ forward pass's arithmetic) run once (``lib.activations.pool_activations``), and 
 re-evaluates only the images whose channel ``c`` is non-zero somewhere: the others keep their
 class. Dormant channels, the first pruned, touch almost no image. For the CSAW head the tail is
 not re-run either (``Strategy.CLOSED_FORM``, ``lib.sweep_closed_form``): fc_1's and conv_4's
-pre-activations are kept per image, a step subtracts the channel's share and evaluates fc_2 and
-the output layer again, and the whole sweep is a handful of compiled calls. Any other tail goes
-through the Keras tail sub-model (``Strategy.KERAS_TAIL``).
+pre-activations are carried per image, a step subtracts the channel's share, and fc_2 and the
+output layer are applied to the units their ReLUs let through, about a sixth of the dense
+arithmetic (``lib.sweep_kernels``, compiled by numba, one image's whole trajectory at a time).
+Any other tail goes through the Keras tail sub-model (``Strategy.KERAS_TAIL``).
 
 Why it is exact
 ---------------
@@ -21,17 +22,19 @@ with touched images packed into batches of their own) is kept only when its two 
 s1 >= s2 are far enough apart that rounding cannot swap them: s1 - s2 > ``tie_margin`` *
 (|s1| + |s2|), ``DEFAULT_TIE_MARGIN`` = 1e-3 (for softmax scores: logits more than
 2 artanh(1e-3), about 2e-3, apart), and ``CLOSED_FORM_MARGIN_FACTOR`` = 4 times that for the
-closed form, whose incremental float32 state accumulates rounding over the steps.
+closed form, whose float32 state (fc_1's and conv_4's pre-activations, carried from step to step)
+accumulates rounding over the steps and whose sums run in another order than Keras's.
 ``tests/test_sweep.py`` measures the distances on the real CSAW weights and requires another
 batch layout to move the scores by under 1 % of the margin (on an AMD EPYC Zen 4 both layouts
 round alike: 0), and the closed form's logits to stay within 30 % of the margin of Keras's through
-all 60 steps (so within 8 % of its own margin): measured 12 % on that processor and 20 % on the
-machine of the earlier figures, the most after the last channels, where the state is mostly
-cancelled out. Every near tie gets its class from the Keras tail at its own place in
-a batch of its reference batch's size, as ``pruned_model.predict(images, batch_size)`` forms it
-(``lib.sweep_batches``; a test checks bit for bit that the batch's other places do not change
-it). So the result equals, image for image and step for step, the argmax of re-running the pruned
-Keras model (``naive_predictions``): ``tests/test_sweep.py`` and ``benchmarks/sweep.py`` check it.
+all 60 steps (so within 8 % of its own margin): measured 19 % on that processor, the most after
+the last channel, where the state is mostly cancelled out (the earlier dense closed form measured
+12 % there and 20 % on the machine of the earlier figures). Every near tie gets its class from the
+Keras tail at its own place in a batch of its reference batch's size, as
+``pruned_model.predict(images, batch_size)`` forms it (``lib.sweep_batches``; a test checks bit
+for bit that the batch's other places do not change it). So the result equals, image for image
+and step for step, the argmax of re-running the pruned Keras model (``naive_predictions``):
+``tests/test_sweep.py`` and ``benchmarks/sweep.py`` check it.
 """
 
 from __future__ import annotations
@@ -226,8 +229,9 @@ class SweepEngine:
         batches = ReferenceBatches(self.tail, sizes, self.batch_size)
         start = time.perf_counter()
         touched = _touched_images(pooled, order)
-        bar = tqdm(total=len(order), desc="pruning sweep", unit="channel", disable=not progress)
-        with bar:
+        # The closed form runs image by image through all steps; the Keras tail step by step over the images.
+        total, unit = (n, "img") if self.closed_form is not None else (len(order), "channel")
+        with tqdm(total=total, desc="pruning sweep", unit=unit, disable=not progress) as bar:
             if self.closed_form is not None:
                 evaluations = self._closed_form_steps(pooled, order, touched, bar)
             else:
@@ -248,22 +252,11 @@ class SweepEngine:
 
     def _closed_form_steps(self, pooled, order, touched, bar) -> _Evaluations:
         """Every step through the closed-form tail; a near tie is a gap under its margin (or NaN)."""
-        state = self.closed_form.start(pooled)
-        classes, gaps = [state.initial_classes], [state.initial_gaps]
-        groups = [g for g in np.array_split(np.arange(len(order)), min(len(order), _PROGRESS_UPDATES)) if g.size]
-        for group in groups:
-            c, g = state.prune_steps([order[k] for k in group], [touched[k] for k in group])
-            classes.append(c)
-            gaps.append(g)
-            bar.update(len(group))
-        lengths = [len(pooled), *(len(t) for t in touched)]
-        gap = np.concatenate(gaps)
-        return _Evaluations(
-            np.repeat(np.arange(len(order) + 1), lengths),
-            np.concatenate([np.arange(len(pooled)), *touched]),
-            np.concatenate(classes),
-            ~(gap > self._closed_form_margin),  # NaN counts as a near tie
-        )
+        classes, gaps = self.closed_form.sweep(pooled, order, groups=_PROGRESS_UPDATES, done=bar.update)
+        steps = np.repeat(np.arange(len(order) + 1), [len(pooled), *(len(t) for t in touched)])
+        images = np.concatenate([np.arange(len(pooled)), *touched])
+        gap = gaps[steps, images]
+        return _Evaluations(steps, images, classes[steps, images], ~(gap > self._closed_form_margin))
 
     def _keras_steps(self, pooled, order, touched, batches: ReferenceBatches, bar) -> _Evaluations:
         """Every step through the Keras tail: row 0 on every reference batch, then the touched images."""

@@ -36,13 +36,14 @@ from lib.study.spec import Run, step_notebook
 
 INFO_NAME = "study-run.json"
 ATTEMPTS = 2
-#: Environment variables that size the thread pools of TensorFlow, OpenMP and the BLAS numpy uses.
+#: Environment variables that size the thread pools of TensorFlow, OpenMP, the BLAS numpy uses and numba.
 THREAD_VARIABLES = (
     "TF_NUM_INTRAOP_THREADS",
     "TF_NUM_INTEROP_THREADS",
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
     "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
 )
 #: Run once in a new kernel: what every notebook imports first, so that the start-up is measured apart.
 WARM_UP = "import keras, tensorflow\nimport lib.pipeline"

@@ -1,0 +1,199 @@
+"""The closed-form sweep's arithmetic, compiled by numba: one image's whole pruning trajectory at a time.
+
+Why not TensorFlow's matrix products: after a ReLU most units are zero, and dense products
+multiply the zeros too. Per evaluation on the CSAW stand-ins, 131 of conv_4's 960 outputs and 32
+of the 160 hidden units are positive on average, so fc_2 and the output layer need 131 rows of
+fc_2's kernel and 32 rows of the output layer's (about 62,000 multiply-adds) where the dense
+products need 360,000, as much as the convolutions of a forward pass (``benchmarks/README.md``).
+Each image carries only the linear part of its state (fc_1's output and conv_4's, before their
+ReLUs) from step to step; fc_2 and the output layer are recomputed from it at every evaluation,
+so their rounding does not accumulate.
+
+An image's trajectory does not depend on any other image, so images run in parallel (numba
+threads, ``NUMBA_NUM_THREADS``), each in the same order of operations whatever the thread count:
+one thread or many give the same bytes. No fast-math flag is set, so every sum is rounded in the
+order written here. Zero inputs are skipped, which equals multiplying by them only for finite
+weights: ``lib.sweep_closed_form`` hands over no other. The first call on a machine compiles the
+kernels (seconds); numba caches them beside this file (``__pycache__``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def add_rows(y, base, w, rows, coefficients, m):
+    """``y = base + sum(coefficients[t] * w[rows[t]] for t < m)``, summed in that order (``y`` may be ``base``).
+
+    Four rows per pass over ``y``: the loads and stores of ``y`` are what bounds these products.
+    """
+    n = y.shape[0]
+    if m >= 4:
+        a0, a1, a2, a3 = coefficients[0], coefficients[1], coefficients[2], coefficients[3]
+        r0, r1, r2, r3 = w[rows[0]], w[rows[1]], w[rows[2]], w[rows[3]]
+        for q in range(n):
+            y[q] = base[q] + a0 * r0[q] + a1 * r1[q] + a2 * r2[q] + a3 * r3[q]
+        t = 4
+    else:
+        for q in range(n):
+            y[q] = base[q]
+        t = 0
+    while t + 4 <= m:
+        a0, a1, a2, a3 = coefficients[t], coefficients[t + 1], coefficients[t + 2], coefficients[t + 3]
+        r0, r1, r2, r3 = w[rows[t]], w[rows[t + 1]], w[rows[t + 2]], w[rows[t + 3]]
+        for q in range(n):
+            y[q] = y[q] + a0 * r0[q] + a1 * r1[q] + a2 * r2[q] + a3 * r3[q]
+        t += 4
+    while t < m:
+        a0, r0 = coefficients[t], w[rows[t]]
+        for q in range(n):
+            y[q] = y[q] + a0 * r0[q]
+        t += 1
+
+
+@njit(cache=True)
+def _key(bits):
+    """An integer that orders like the float32 with these bits (for finite values): integer maxima vectorize."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@njit(cache=True)
+def _float(key):
+    """The float32 of an integer ``_key``."""
+    bits = np.empty(1, np.int32)
+    bits[0] = _key(key)
+    return bits.view(np.float32)[0]
+
+
+@njit(cache=True)
+def top_two(z):
+    """``z``'s argmax (the first of equal maxima, as ``np.argmax``) and its best value minus its second best.
+
+    A NaN or infinite value anywhere gives class 0 and a NaN gap: a near tie, which the Keras tail
+    settles. Three passes of integer reductions over the values' bits (see ``_key``), which the
+    compiler turns into vector instructions, where float maxima would need fast-math flags.
+    """
+    bits = z.view(np.int32)
+    n = bits.shape[0]
+    best, non_finite = -(2**31), 0
+    for q in range(n):
+        non_finite |= (bits[q] >> 23) & 0xFF == 0xFF
+        best = max(best, _key(bits[q]))
+    if non_finite:
+        return 0, np.float32(np.nan)
+    at = n
+    for q in range(n):
+        at = min(at, q if _key(bits[q]) == best else n)
+    second = -(2**31)
+    for q in range(n):
+        second = max(second, _key(bits[q]) if q != at else -(2**31))
+    return at, z[at] - _float(second)
+
+
+@njit(cache=True)
+def _initial_state(x, w1, hidden_bias, k4, b4, a1, c4, rows, values):
+    """The linear state of one image's pooled values ``x`` (H, W, C): fc_1's output plus both hidden biases
+    (``a1``) and conv_4's output before its ReLU (``c4``)."""
+    height, width, channels = x.shape
+    kh, kw, _, f4 = k4.shape
+    oh, ow = height - kh + 1, width - kw + 1
+    m = 0
+    for y in range(height):
+        for xx in range(width):
+            for c in range(channels):
+                rows[m], values[m] = (y * width + xx) * channels + c, x[y, xx, c]
+                m += x[y, xx, c] != 0
+    add_rows(a1, hidden_bias, w1, rows, values, m)
+    k4_rows = k4.reshape(kh * kw * channels, f4)
+    for oy in range(oh):
+        for ox in range(ow):
+            m = 0
+            for dy in range(kh):
+                for dx in range(kw):
+                    for c in range(channels):
+                        rows[m], values[m] = (dy * kw + dx) * channels + c, x[oy + dy, ox + dx, c]
+                        m += x[oy + dy, ox + dx, c] != 0
+            add_rows(c4[(oy * ow + ox) * f4 : (oy * ow + ox + 1) * f4], b4, k4_rows, rows, values, m)
+
+
+@njit(cache=True)
+def _remove_channel(x, c, w1, k4, a1, c4, rows, values):
+    """Subtract channel ``c`` of pooled values ``x`` (H, W, C) from the linear state ``a1``, ``c4``, in place."""
+    height, width, channels = x.shape
+    kh, kw, _, f4 = k4.shape
+    oh, ow = height - kh + 1, width - kw + 1
+    m = 0
+    for y in range(height):
+        for xx in range(width):
+            rows[m], values[m] = (y * width + xx) * channels + c, -x[y, xx, c]
+            m += x[y, xx, c] != 0
+    add_rows(a1, a1, w1, rows, values, m)
+    k4_rows = k4.reshape(kh * kw * channels, f4)
+    for oy in range(oh):
+        for ox in range(ow):
+            m = 0
+            for dy in range(kh):
+                for dx in range(kw):
+                    rows[m], values[m] = (dy * kw + dx) * channels + c, -x[oy + dy, ox + dx, c]
+                    m += x[oy + dy, ox + dx, c] != 0
+            out = c4[(oy * ow + ox) * f4 : (oy * ow + ox + 1) * f4]
+            add_rows(out, out, k4_rows, rows, values, m)
+
+
+@njit(cache=True)
+def _logits(a1, c4, w2, wo, bo, h, z, rows, values):
+    """The logits ``z`` of the linear state ``a1``, ``c4``: only the units a ReLU lets through are multiplied."""
+    m = 0
+    for u in range(c4.shape[0]):
+        rows[m], values[m] = u, c4[u]
+        m += c4[u] > 0
+    add_rows(h, a1, w2, rows, values, m)
+    m = 0
+    for j in range(h.shape[0]):
+        rows[m], values[m] = j, h[j]
+        m += h[j] > 0
+    add_rows(z, bo, wo, rows, values, m)
+
+
+@njit(parallel=True, cache=True)
+def sweep_images(pooled, touched, order, w1, hidden_bias, k4, b4, w2, wo, bo, classes, gaps, logits):
+    """Every image's class and logit gap before pruning and after each step of ``order``.
+
+    ``pooled`` (n, H, W, C) float32; ``touched`` (n, C): channel non-zero somewhere in the image.
+    Writes ``classes``/``gaps`` (len(order) + 1, n): row 0 unpruned, row k after ``order[:k]``; a step
+    that does not touch an image copies its class and writes an infinite gap (not evaluated).
+    ``logits`` is (n, classes) to receive each image's logits after the last step, or (0, classes).
+    """
+    n = pooled.shape[0]
+    f1, n_classes = w1.shape[1], wo.shape[1]
+    scratch = max(w1.shape[0], w2.shape[0], k4.shape[0] * k4.shape[1] * k4.shape[2], f1)
+    for i in prange(n):
+        x = pooled[i]
+        a1, h = np.empty(f1, np.float32), np.empty(f1, np.float32)
+        c4 = np.empty(w2.shape[0], np.float32)
+        z = np.empty(n_classes, np.float32)
+        rows, values = np.empty(scratch, np.int64), np.empty(scratch, np.float32)
+        _initial_state(x, w1, hidden_bias, k4, b4, a1, c4, rows, values)
+        _logits(a1, c4, w2, wo, bo, h, z, rows, values)
+        classes[0, i], gaps[0, i] = top_two(z)
+        for k in range(order.shape[0]):
+            c = order[k]
+            if not touched[i, c]:
+                classes[k + 1, i], gaps[k + 1, i] = classes[k, i], np.inf
+                continue
+            _remove_channel(x, c, w1, k4, a1, c4, rows, values)
+            _logits(a1, c4, w2, wo, bo, h, z, rows, values)
+            classes[k + 1, i], gaps[k + 1, i] = top_two(z)
+        if logits.shape[0]:
+            logits[i] = z
+
+
+@njit(parallel=True, cache=True)
+def best_and_gap(z):
+    """``top_two`` of every row of ``z`` (m, classes) float32: (classes, gaps)."""
+    classes, gaps = np.empty(z.shape[0], np.int64), np.empty(z.shape[0], np.float32)
+    for i in prange(z.shape[0]):
+        classes[i], gaps[i] = top_two(z[i])
+    return classes, gaps
