@@ -9,8 +9,9 @@ Contenders, timed in one run and interleaved round by round:
 * ``tail``    the layers up to ``pool_3`` once, then the whole tail sub-model on every image, every step
               (``benchmarks/tail_rerun.py``);
 * ``engine``  ``lib.sweep.SweepEngine`` (prefix once, then per step only the images the pruned channel
-              touches, through the closed-form CSAW tail; near ties settled by the Keras tail), its time
-              split into the prefix pass, the steps and the near ties;
+              touches, through the closed-form CSAW tail of ``lib.sweep_kernels``; near ties settled by the
+              Keras tail), its time split into the prefix pass, the steps and the near ties (the steps'
+              own parts: ``benchmarks/sweep_kernel_parts.py``);
 * ``keras``   the same engine with ``Strategy.KERAS_TAIL``: the path any other tail takes (the tail
               sub-model on the reference batches that hold a touched image);
 * ``forward`` one forward pass of B over the same images: the floor the engine is compared with.
@@ -20,8 +21,9 @@ stand-ins of the same sizes (11,547 clean + 11,547 triggered): synthetic faces f
 the second set wearing the sunglasses trigger. The engine reads them from HDF5 files batch by batch,
 in a child process whose peak resident memory is reported.
 
-The processor's model and SIMD features are printed first: the engine's steps are matrix products,
-the prefix pass convolutions, and the two scale differently from one processor to another.
+The processor's model and SIMD features are printed first: the engine's steps are sparse products
+compiled by numba, the prefix pass TensorFlow's convolutions, and the two scale differently from one
+processor to another. The first sweep in a process loads the compiled kernels (about 0.4 s, in round 1).
 
 All sweeps must give identical predictions (the engine, ``keras`` and ``tail`` at every step, ``naive`` at
 the steps it measured); otherwise the benchmark exits 1. The last line is machine-readable:
@@ -124,6 +126,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    import numba
     import tensorflow as tf
 
     from benchmarks.tail_rerun import tail_rerun_predictions
@@ -140,7 +143,7 @@ def main() -> int:
         print(f"weights: {weights}\ninputs:  {what}")
         print(
             f"machine: {machine.one_line()}; {os.cpu_count()} cores; python {platform.python_version()}, "
-            f"tensorflow {tf.__version__}"
+            f"tensorflow {tf.__version__}, numba {numba.__version__} ({numba.get_num_threads()} threads)"
         )
 
         ctx = mp.get_context("spawn")

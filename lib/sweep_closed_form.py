@@ -6,11 +6,9 @@ Recognised form (the DeepID / CSAW BadNet head, from the pooling layer ``P`` on)
 
 with linear ``Dense_1``/``Dense_2``, a stride-1 ``valid`` channels-last ``Conv2D`` with ReLU,
 float32 layers and finite weights. ``Dense_1(Flatten(P))`` and ``Conv2D(P)`` (before its ReLU)
-are linear in ``P``, so zeroing channel ``c`` subtracts its share from each image's conv_4 output
-``c4`` and hidden pre-activation ``h``; the units whose ReLU output changes then change ``h``
-through their rows of ``Dense_2``, and the hidden units whose ReLU output changes change the
-logits ``z`` through their rows of the output layer. Each image carries ``c4``, ``h`` and ``z``
-from its unpruned state through every step that touches it (``lib.sweep_kernels``); the logits,
+are linear in ``P``: each image carries them from its unpruned state through every step that
+touches it, and zeroing channel ``c`` subtracts the channel's share. ``Dense_2`` and the output
+layer are then applied to the units their ReLUs let through (``lib.sweep_kernels``); the logits,
 not the softmax, decide the argmax. How far these float32 logits are from Keras's, and hence the
 wider margin ``CLOSED_FORM_MARGIN_FACTOR``, is argued once, in ``lib.sweep``.
 """
@@ -96,12 +94,12 @@ class ClosedFormTail:
         self.pool_shape = tuple(int(s) for s in pool_shape)
         self.n_classes = wo.shape[1]
         #: (w1, hidden bias, k4, b4, w2, wo, bo) as the kernels take them: fc_1's and fc_2's biases add up.
-        self._arrays = tuple(np.ascontiguousarray(a) for a in (w1, b1 + b2, k4, b4, w2, wo, bo))
+        self.arrays = tuple(np.ascontiguousarray(a) for a in (w1, b1 + b2, k4, b4, w2, wo, bo))
 
     @property
     def finite(self) -> bool:
         """All weights finite: the kernels skip zero inputs, which equals multiplying by them only then."""
-        return all(bool(np.isfinite(a).all()) for a in self._arrays)
+        return all(bool(np.isfinite(a).all()) for a in self.arrays)
 
     @classmethod
     def recognise(cls, tail: keras.Model) -> ClosedFormTail | None:
@@ -176,7 +174,7 @@ class ClosedFormTail:
         for part in np.array_split(np.arange(n), max(1, min(groups, n))):
             lo, hi = (part[0], part[-1] + 1) if part.size else (0, 0)
             sweep_kernels.sweep_images(
-                pooled[lo:hi], touched[lo:hi], order, *self._arrays, classes[:, lo:hi], gaps[:, lo:hi], logits[lo:hi]
+                pooled[lo:hi], touched[lo:hi], order, *self.arrays, classes[:, lo:hi], gaps[:, lo:hi], logits[lo:hi]
             )
             if done is not None:
                 done(hi - lo)

@@ -312,3 +312,20 @@ def test_closed_form_logits_are_far_closer_to_keras_than_its_margin(lab3_model):
     assert worst < CLOSED_FORM_MARGIN_FACTOR * logit_margin / 10
     if worst == 0:
         pytest.skip("on this processor the closed form rounds exactly as Keras does: the distance cannot be observed")
+
+
+@pytest.mark.slow
+def test_the_kernel_profile_still_fits_the_kernels():
+    """``benchmarks/sweep_kernel_parts.py`` leaves parts of ``lib.sweep_kernels`` out by replacing lines of its
+    source: each line it replaces must still be there exactly once, and each variant must compile and run."""
+    from benchmarks.sweep_kernel_parts import PARTS, variant
+
+    model = tiny_deepid(seed=9)
+    pooled = pool_activations(model, tiny_images(20, 9), "pool_3", progress=False)
+    tail = SweepEngine(model, "conv_3", "pool_3").closed_form
+    order = pruning_order(mean_channel_activations(pooled)).astype(np.int64)
+    touched = pooled.reshape(20, -1, pooled.shape[-1]).any(axis=1)
+    for replacements in PARTS.values():
+        classes, gaps = np.empty((len(order) + 1, 20), np.int64), np.empty((len(order) + 1, 20), np.float32)
+        no_logits = np.empty((0, tail.n_classes), np.float32)
+        variant(replacements).sweep_images(pooled, touched, order, *tail.arrays, classes, gaps, no_logits)
