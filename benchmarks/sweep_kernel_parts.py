@@ -73,6 +73,7 @@ def main() -> int:
     from lib.activations import mean_channel_activations, pool_activations, pruning_order
     from lib.models import load_model_file
     from lib.sweep import SweepEngine
+    from lib.sweep_closed_form import nonzero_channels
 
     model = load_model_file(weights_file())
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +83,7 @@ def main() -> int:
     tail = SweepEngine(model, CONV, POOL).closed_form
     arrays = tail.arrays
     n = len(pooled)
-    touched = pooled.reshape(n, -1, pooled.shape[-1]).any(axis=1)
+    touched = nonzero_channels(pooled)
     classes = np.empty((len(order) + 1, n), dtype=np.int64)
     gaps = np.empty((len(order) + 1, n), dtype=np.float32)
     no_logits = np.empty((0, tail.n_classes), dtype=np.float32)

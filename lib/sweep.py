@@ -56,7 +56,7 @@ from lib.models import BATCH_SIZE
 from lib.prunable import check_prunable
 from lib.pruning import prune_channels
 from lib.sweep_batches import ReferenceBatches
-from lib.sweep_closed_form import CLOSED_FORM_MARGIN_FACTOR, ClosedFormTail
+from lib.sweep_closed_form import CLOSED_FORM_MARGIN_FACTOR, ClosedFormTail, nonzero_channels
 from lib.sweep_table import SweepResult, run_pruning_sweep, sweep_table, threshold_steps, validate_thresholds
 
 __all__ = [
@@ -142,12 +142,7 @@ def _concatenate(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) ->
 
 def _touched_images(pooled: np.ndarray, order: Sequence[int]) -> list[np.ndarray]:
     """For each step, the images whose pruned channel is non-zero somewhere: the only ones the step can change."""
-    n = len(pooled)
-    nonzero = np.empty((n, pooled.shape[-1]), dtype=bool)
-    flat = pooled.reshape(n, -1, pooled.shape[-1])
-    for lo in range(0, n, BATCH_SIZE):
-        nonzero[lo : lo + BATCH_SIZE] = flat[lo : lo + BATCH_SIZE].any(axis=1)
-    step, image = np.nonzero(nonzero[:, np.asarray(order, dtype=np.int64)].T)
+    step, image = np.nonzero(nonzero_channels(pooled)[:, np.asarray(order, dtype=np.int64)].T)
     return np.split(image, np.searchsorted(step, np.arange(1, len(order))))
 
 

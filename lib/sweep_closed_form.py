@@ -21,11 +21,22 @@ import keras
 import numpy as np
 
 from lib import sweep_kernels
+from lib.models import BATCH_SIZE
 from lib.prunable import producer
 
 #: The closed form decides a class only when its two best logits are further apart than this many
 #: tie margins (see ``lib.sweep``: its float32 state accumulates rounding over the steps).
 CLOSED_FORM_MARGIN_FACTOR = 4.0
+
+
+def nonzero_channels(pooled: np.ndarray, batch: int = BATCH_SIZE) -> np.ndarray:
+    """(n, C) bool: channel c of image i is non-zero somewhere. Only those images can change when c is pruned."""
+    n = len(pooled)
+    nonzero = np.empty((n, pooled.shape[-1]), dtype=bool)
+    flat = pooled.reshape(n, -1, pooled.shape[-1])
+    for lo in range(0, n, batch):  # in batches: a whole (n, H*W, C) bool array would be 27 MB for CSAW
+        nonzero[lo : lo + batch] = flat[lo : lo + batch].any(axis=1)
+    return nonzero
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,7 +181,7 @@ class ClosedFormTail:
         classes = np.empty((len(order) + 1, n), dtype=np.int64)
         gaps = np.empty((len(order) + 1, n), dtype=np.float32)
         logits = np.empty((n if keep_logits else 0, self.n_classes), dtype=np.float32)
-        touched = pooled.reshape(n, -1, pooled.shape[-1]).any(axis=1)
+        touched = nonzero_channels(pooled)
         for part in np.array_split(np.arange(n), max(1, min(groups, n))):
             lo, hi = (part[0], part[-1] + 1) if part.size else (0, 0)
             sweep_kernels.sweep_images(
