@@ -43,7 +43,10 @@ PARTS = {
         ("        m += h[j] > 0\n", "        m += 0\n"),
     ],
     "removing the channel's share": [
-        ("            _remove_channel(x, c, w1, k4, a1, c4, rows, values)\n", "            a1[0] -= np.float32(1e-3)\n")
+        (
+            "            _add_channels(x, c, c + 1, np.float32(-1), w1, k4, a1, c4, a1, c4, rows, values)\n",
+            "            a1[0] -= np.float32(1e-3)\n",
+        )
     ],
     "the two best logits": [
         ("        classes[k + 1, i], gaps[k + 1, i] = top_two(z)\n", "        gaps[k + 1, i] = z[0]\n")

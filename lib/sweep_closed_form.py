@@ -104,8 +104,11 @@ class ClosedFormTail:
         wo, bo = _weights(out)
         self.pool_shape = tuple(int(s) for s in pool_shape)
         self.n_classes = wo.shape[1]
-        #: (w1, hidden bias, k4, b4, w2, wo, bo) as the kernels take them: fc_1's and fc_2's biases add up.
-        self.arrays = tuple(np.ascontiguousarray(a) for a in (w1, b1 + b2, k4, b4, w2, wo, bo))
+        h, w = self.pool_shape[:2]
+        c4_bias = np.tile(b4, (h - k4.shape[0] + 1) * (w - k4.shape[1] + 1))  # at every output position
+        #: (w1, hidden bias, k4, conv_4's bias, w2, wo, bo) as the kernels take them: fc_1's and fc_2's biases
+        #: add up in the hidden layer.
+        self.arrays = tuple(np.ascontiguousarray(a) for a in (w1, b1 + b2, k4, c4_bias, w2, wo, bo))
 
     @property
     def finite(self) -> bool:

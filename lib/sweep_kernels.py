@@ -93,53 +93,34 @@ def top_two(z):
 
 
 @njit(cache=True)
-def _initial_state(x, w1, hidden_bias, k4, b4, a1, c4, rows, values):
-    """The linear state of one image's pooled values ``x`` (H, W, C): fc_1's output plus both hidden biases
-    (``a1``) and conv_4's output before its ReLU (``c4``)."""
+def _add_channels(x, first, last, sign, w1, k4, a1_base, c4_base, a1, c4, rows, values):
+    """``a1 = a1_base + sign *`` fc_1's share of channels ``first`` to ``last - 1`` of pooled values ``x``
+    (H, W, C), and ``c4 = c4_base + sign *`` conv_4's (before its ReLU). Zero inputs are skipped.
+
+    All channels with sign 1 from the biases give an image's unpruned state; one channel with sign -1
+    from the state itself removes that channel (in place).
+    """
     height, width, channels = x.shape
     kh, kw, _, f4 = k4.shape
     oh, ow = height - kh + 1, width - kw + 1
     m = 0
     for y in range(height):
         for xx in range(width):
-            for c in range(channels):
-                rows[m], values[m] = (y * width + xx) * channels + c, x[y, xx, c]
+            for c in range(first, last):
+                rows[m], values[m] = (y * width + xx) * channels + c, sign * x[y, xx, c]
                 m += x[y, xx, c] != 0
-    add_rows(a1, hidden_bias, w1, rows, values, m)
+    add_rows(a1, a1_base, w1, rows, values, m)
     k4_rows = k4.reshape(kh * kw * channels, f4)
     for oy in range(oh):
         for ox in range(ow):
             m = 0
             for dy in range(kh):
                 for dx in range(kw):
-                    for c in range(channels):
-                        rows[m], values[m] = (dy * kw + dx) * channels + c, x[oy + dy, ox + dx, c]
+                    for c in range(first, last):
+                        rows[m], values[m] = (dy * kw + dx) * channels + c, sign * x[oy + dy, ox + dx, c]
                         m += x[oy + dy, ox + dx, c] != 0
-            add_rows(c4[(oy * ow + ox) * f4 : (oy * ow + ox + 1) * f4], b4, k4_rows, rows, values, m)
-
-
-@njit(cache=True)
-def _remove_channel(x, c, w1, k4, a1, c4, rows, values):
-    """Subtract channel ``c`` of pooled values ``x`` (H, W, C) from the linear state ``a1``, ``c4``, in place."""
-    height, width, channels = x.shape
-    kh, kw, _, f4 = k4.shape
-    oh, ow = height - kh + 1, width - kw + 1
-    m = 0
-    for y in range(height):
-        for xx in range(width):
-            rows[m], values[m] = (y * width + xx) * channels + c, -x[y, xx, c]
-            m += x[y, xx, c] != 0
-    add_rows(a1, a1, w1, rows, values, m)
-    k4_rows = k4.reshape(kh * kw * channels, f4)
-    for oy in range(oh):
-        for ox in range(ow):
-            m = 0
-            for dy in range(kh):
-                for dx in range(kw):
-                    rows[m], values[m] = (dy * kw + dx) * channels + c, -x[oy + dy, ox + dx, c]
-                    m += x[oy + dy, ox + dx, c] != 0
-            out = c4[(oy * ow + ox) * f4 : (oy * ow + ox + 1) * f4]
-            add_rows(out, out, k4_rows, rows, values, m)
+            lo, hi = (oy * ow + ox) * f4, (oy * ow + ox + 1) * f4
+            add_rows(c4[lo:hi], c4_base[lo:hi], k4_rows, rows, values, m)
 
 
 @njit(cache=True)
@@ -158,7 +139,7 @@ def _logits(a1, c4, w2, wo, bo, h, z, rows, values):
 
 
 @njit(parallel=True, cache=True)
-def sweep_images(pooled, touched, order, w1, hidden_bias, k4, b4, w2, wo, bo, classes, gaps, logits):
+def sweep_images(pooled, touched, order, w1, hidden_bias, k4, c4_bias, w2, wo, bo, classes, gaps, logits):
     """Every image's class and logit gap before pruning and after each step of ``order``.
 
     ``pooled`` (n, H, W, C) float32; ``touched`` (n, C): channel non-zero somewhere in the image.
@@ -175,7 +156,7 @@ def sweep_images(pooled, touched, order, w1, hidden_bias, k4, b4, w2, wo, bo, cl
         c4 = np.empty(w2.shape[0], np.float32)
         z = np.empty(n_classes, np.float32)
         rows, values = np.empty(scratch, np.int64), np.empty(scratch, np.float32)
-        _initial_state(x, w1, hidden_bias, k4, b4, a1, c4, rows, values)
+        _add_channels(x, 0, x.shape[2], np.float32(1), w1, k4, hidden_bias, c4_bias, a1, c4, rows, values)
         _logits(a1, c4, w2, wo, bo, h, z, rows, values)
         classes[0, i], gaps[0, i] = top_two(z)
         for k in range(order.shape[0]):
@@ -183,7 +164,7 @@ def sweep_images(pooled, touched, order, w1, hidden_bias, k4, b4, w2, wo, bo, cl
             if not touched[i, c]:
                 classes[k + 1, i], gaps[k + 1, i] = classes[k, i], np.inf
                 continue
-            _remove_channel(x, c, w1, k4, a1, c4, rows, values)
+            _add_channels(x, c, c + 1, np.float32(-1), w1, k4, a1, c4, a1, c4, rows, values)
             _logits(a1, c4, w2, wo, bo, h, z, rows, values)
             classes[k + 1, i], gaps[k + 1, i] = top_two(z)
         if logits.shape[0]:
