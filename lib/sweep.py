@@ -251,7 +251,7 @@ class SweepEngine:
         steps = np.repeat(np.arange(len(order) + 1), [len(pooled), *(len(t) for t in touched)])
         images = np.concatenate([np.arange(len(pooled)), *touched])
         gap = gaps[steps, images]
-        return _Evaluations(steps, images, classes[steps, images], ~(gap > self._closed_form_margin))
+        return _Evaluations(steps, images, classes[steps, images], ~(gap > self._closed_form_margin))  # NaN: a tie
 
     def _keras_steps(self, pooled, order, touched, batches: ReferenceBatches, bar) -> _Evaluations:
         """Every step through the Keras tail: row 0 on every reference batch, then the touched images."""

@@ -77,6 +77,18 @@ def test_non_finite_weights_take_the_keras_path():
     assert SweepEngine(model, "conv_3", "pool_3").strategy is Strategy.KERAS_TAIL
 
 
+def test_a_nan_in_the_pooled_values_is_a_near_tie_at_every_step():
+    """The closed form never decides the class of an image whose values are not all finite: Keras does."""
+    model = tiny_deepid(seed=7)
+    pooled = pool_activations(model, tiny_images(30, 7), "pool_3", progress=False)
+    order = pruning_order(mean_channel_activations(pooled))
+    pooled[3, 0, 0, order[-1]] = np.nan  # the last channel pruned: every step sees it
+    _, gaps = SweepEngine(model, "conv_3", "pool_3").closed_form.sweep(pooled, order)
+    assert np.isnan(gaps[0, 3]) and np.isnan(gaps[-1, 3]), "unpruned, and with the NaN's own channel removed"
+    assert not np.isfinite(gaps[:, 3]).any(), "evaluated: NaN; not touched by a step: infinite (class carried)"
+    assert not np.isnan(np.delete(gaps, 3, axis=1)).any()
+
+
 def test_exact_ties_are_broken_as_keras_does():
     # Two output classes with identical weights tie exactly for every image: Keras picks the first.
     model = tiny_deepid(n_classes=5, seed=3)
