@@ -140,9 +140,10 @@ def _concatenate(parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) ->
     )
 
 
-def _touched_images(pooled: np.ndarray, order: Sequence[int]) -> list[np.ndarray]:
-    """For each step, the images whose pruned channel is non-zero somewhere: the only ones the step can change."""
-    step, image = np.nonzero(nonzero_channels(pooled)[:, np.asarray(order, dtype=np.int64)].T)
+def _touched_images(nonzero: np.ndarray, order: Sequence[int]) -> list[np.ndarray]:
+    """For each step, the images whose pruned channel is non-zero somewhere (``nonzero_channels``): the only ones
+    the step can change."""
+    step, image = np.nonzero(nonzero[:, np.asarray(order, dtype=np.int64)].T)
     return np.split(image, np.searchsorted(step, np.arange(1, len(order))))
 
 
@@ -223,12 +224,13 @@ class SweepEngine:
             raise ValueError(f"order must list distinct channels in [0, {n_channels})")
         batches = ReferenceBatches(self.tail, sizes, self.batch_size)
         start = time.perf_counter()
-        touched = _touched_images(pooled, order)
+        nonzero = nonzero_channels(pooled)
+        touched = _touched_images(nonzero, order)
         # The closed form runs image by image through all steps; the Keras tail step by step over the images.
         total, unit = (n, "img") if self.closed_form is not None else (len(order), "channel")
         with tqdm(total=total, desc="pruning sweep", unit=unit, disable=not progress) as bar:
             if self.closed_form is not None:
-                evaluations = self._closed_form_steps(pooled, order, touched, bar)
+                evaluations = self._closed_form_steps(pooled, nonzero, order, touched, bar)
             else:
                 evaluations = self._keras_steps(pooled, order, touched, batches, bar)
         stepped = time.perf_counter()
@@ -245,9 +247,11 @@ class SweepEngine:
         out = _rows(evaluations, n, len(order))
         return SweepRun(np.split(out, np.cumsum(sizes)[:-1], axis=1), stats)
 
-    def _closed_form_steps(self, pooled, order, touched, bar) -> _Evaluations:
+    def _closed_form_steps(self, pooled, nonzero, order, touched, bar) -> _Evaluations:
         """Every step through the closed-form tail; a near tie is a gap under its margin (or NaN)."""
-        classes, gaps = self.closed_form.sweep(pooled, order, groups=_PROGRESS_UPDATES, done=bar.update)
+        classes, gaps = self.closed_form.sweep(
+            pooled, order, groups=_PROGRESS_UPDATES, done=bar.update, nonzero=nonzero
+        )
         steps = np.repeat(np.arange(len(order) + 1), [len(pooled), *(len(t) for t in touched)])
         images = np.concatenate([np.arange(len(pooled)), *touched])
         gap = gaps[steps, images]

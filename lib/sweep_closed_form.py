@@ -159,6 +159,7 @@ class ClosedFormTail:
         order: Sequence[int],
         groups: int = 1,
         done: Callable[[int], object] | None = None,
+        nonzero: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Each image's class and logit gap, unpruned (row 0) and after each step of ``order`` (row k: ``order[:k]``).
 
@@ -166,16 +167,17 @@ class ClosedFormTail:
         classes and float32 gaps; where step k does not touch an image (its channel is zero there)
         its class is carried from row k - 1 and its gap is infinite (not evaluated). The images go
         through in ``groups`` calls, after each of which ``done(images)`` is called (a progress bar).
+        ``nonzero`` is ``nonzero_channels(pooled)`` where the caller has it already.
         """
-        classes, gaps, _ = self._run(pooled, order, groups, done, keep_logits=False)
+        classes, gaps, _ = self._run(pooled, order, groups, done, nonzero, keep_logits=False)
         return classes, gaps
 
     def logits(self, pooled: np.ndarray, removed: Sequence[int] = ()) -> np.ndarray:
         """Each image's logits (n, classes) float32 as the sweep computes them after removing the channels
         ``removed``, in that order."""
-        return self._run(pooled, removed, 1, None, keep_logits=True)[2]
+        return self._run(pooled, removed, 1, None, None, keep_logits=True)[2]
 
-    def _run(self, pooled, order, groups, done, keep_logits: bool):
+    def _run(self, pooled, order, groups, done, nonzero, keep_logits: bool):
         pooled = np.ascontiguousarray(pooled, dtype=np.float32)
         if pooled.shape[1:] != self.pool_shape:
             raise ValueError(f"pooled values of shape {pooled.shape[1:]}; this tail reads {self.pool_shape}")
@@ -184,7 +186,7 @@ class ClosedFormTail:
         classes = np.empty((len(order) + 1, n), dtype=np.int64)
         gaps = np.empty((len(order) + 1, n), dtype=np.float32)
         logits = np.empty((n if keep_logits else 0, self.n_classes), dtype=np.float32)
-        touched = nonzero_channels(pooled)
+        touched = nonzero_channels(pooled) if nonzero is None else nonzero
         for part in np.array_split(np.arange(n), max(1, min(groups, n))):
             lo, hi = (part[0], part[-1] + 1) if part.size else (0, 0)
             sweep_kernels.sweep_images(
