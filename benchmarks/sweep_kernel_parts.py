@@ -52,7 +52,7 @@ PARTS = {
         )
     ],
     "the two best logits": [
-        ("        classes[k + 1, i], gaps[k + 1, i] = top_two(z)\n", "        gaps[k + 1, i] = z[0]\n")
+        ("        classes[k + 1, i], gaps[k + 1, i] = top_two(z[:n_classes])\n", "        gaps[k + 1, i] = z[0]\n")
     ],
 }
 
@@ -87,7 +87,7 @@ def main() -> int:
         pooled = np.concatenate([pool_activations(model, str(p), POOL, progress=False) for p in paths])
     order = pruning_order(mean_channel_activations(pooled[: len(pooled) // 2])).astype(np.int64)
     tail = SweepEngine(model, CONV, POOL).closed_form
-    arrays = tail.arrays
+    arrays, n_classes = tail.arrays, tail.n_classes
     n = len(pooled)
     touched = nonzero_channels(pooled)
     classes = np.empty((len(order) + 1, n), dtype=np.int64)
@@ -100,11 +100,11 @@ def main() -> int:
     print(f"machine: {machine.one_line()}; {os.cpu_count()} cores; numba {numba.__version__}, {threads} threads")
 
     def best_time(kernels: types.ModuleType, order: np.ndarray = order) -> float:
-        kernels.sweep_images(pooled[:8], touched[:8], order, *arrays, classes[:, :8], gaps[:, :8], no_logits)
+        kernels.sweep_images(pooled[:8], touched[:8], order, *arrays, n_classes, classes[:, :8], gaps[:, :8], no_logits)
         times = []
         for _ in range(args.rounds):
             start = time.perf_counter()
-            kernels.sweep_images(pooled, touched, order, *arrays, classes, gaps, no_logits)
+            kernels.sweep_images(pooled, touched, order, *arrays, n_classes, classes, gaps, no_logits)
             times.append(time.perf_counter() - start)
         return min(times)
 

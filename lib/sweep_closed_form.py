@@ -29,6 +29,24 @@ from lib.prunable import producer
 CLOSED_FORM_MARGIN_FACTOR = 4.0
 
 
+def _lined(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A float32 copy of ``a`` that starts on a cache line (``sweep_kernels.LINE_BYTES``), zero-padded to ``shape``
+    (default: ``a``'s). Zeros change no sum, and the kernels read no padded class."""
+    shape = a.shape if shape is None else shape
+    line = sweep_kernels.LINE_BYTES
+    nbytes = int(np.prod(shape)) * 4
+    buffer = np.zeros(nbytes + line, dtype=np.uint8)
+    skip = -buffer.ctypes.data % line
+    lined = buffer[skip : skip + nbytes].view(np.float32).reshape(shape)
+    lined[tuple(slice(0, d) for d in a.shape)] = a
+    return lined
+
+
+def _whole_lines(n: int) -> int:
+    """``n`` floats rounded up to whole lines (``sweep_kernels.LINE_FLOATS``)."""
+    return -(-n // sweep_kernels.LINE_FLOATS) * sweep_kernels.LINE_FLOATS
+
+
 def nonzero_channels(pooled: np.ndarray, batch: int = BATCH_SIZE) -> np.ndarray:
     """(n, C) bool: channel c of image i is non-zero somewhere. Only those images can change when c is pruned."""
     n = len(pooled)
@@ -106,9 +124,18 @@ class ClosedFormTail:
         self.n_classes = wo.shape[1]
         h, w = self.pool_shape[:2]
         c4_bias = np.tile(b4, (h - k4.shape[0] + 1) * (w - k4.shape[1] + 1))  # at every output position
-        #: (w1, hidden bias, k4, conv_4's bias, w2, wo, bo) as the kernels take them: fc_1's and fc_2's biases
-        #: add up in the hidden layer.
-        self.arrays = tuple(np.ascontiguousarray(a) for a in (w1, b1 + b2, k4, c4_bias, w2, wo, bo))
+        hidden, classes = _whole_lines(w1.shape[1]), _whole_lines(self.n_classes)
+        #: (w1, hidden bias, k4, conv_4's bias, w2, wo, bo) as the kernels take them (with ``n_classes``): fc_1's
+        #: and fc_2's biases add up in the hidden layer; the hidden units and the classes padded to whole lines.
+        self.arrays = (
+            _lined(w1, (w1.shape[0], hidden)),
+            _lined(b1 + b2, (hidden,)),
+            _lined(k4),
+            _lined(c4_bias),
+            _lined(w2, (w2.shape[0], hidden)),
+            _lined(wo, (hidden, classes)),
+            _lined(bo, (classes,)),
+        )
 
     @property
     def finite(self) -> bool:
@@ -190,7 +217,14 @@ class ClosedFormTail:
         for part in np.array_split(np.arange(n), max(1, min(groups, n))):
             lo, hi = (part[0], part[-1] + 1) if part.size else (0, 0)
             sweep_kernels.sweep_images(
-                pooled[lo:hi], touched[lo:hi], order, *self.arrays, classes[:, lo:hi], gaps[:, lo:hi], logits[lo:hi]
+                pooled[lo:hi],
+                touched[lo:hi],
+                order,
+                *self.arrays,
+                self.n_classes,
+                classes[:, lo:hi],
+                gaps[:, lo:hi],
+                logits[lo:hi],
             )
             if done is not None:
                 done(hi - lo)

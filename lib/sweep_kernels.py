@@ -14,13 +14,19 @@ threads, ``NUMBA_NUM_THREADS``), each in the same order of operations whatever t
 one thread or many give the same bytes. No fast-math flag is set, so every sum is rounded in the
 order written here. Zero inputs are skipped, which equals multiplying by them only for finite
 weights: ``lib.sweep_closed_form`` hands over no other. The first call on a machine compiles the
-kernels (about 9 s on a 2-core AMD EPYC); numba caches them beside this file (``__pycache__``).
+kernels (about 16 s on a 2-core AMD EPYC); numba caches them beside this file (``__pycache__``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+#: A cache line, and one AVX-512 vector. The kernels' vectors and the weights' rows start on a line, and the
+#: rows hold whole 16-float vectors (``lib.sweep_closed_form`` pads them with zeros), so that no vector load
+#: straddles two lines: measured 7 % of the kernel's time on the AMD EPYC of ``benchmarks/README.md``.
+LINE_BYTES = 64
+LINE_FLOATS = LINE_BYTES // 4
 
 
 @njit(cache=True, inline="always")
@@ -64,6 +70,15 @@ def add_rows(y, base, w, rows, coefficients, m):
         for q in range(n):
             y[q] = y[q] + a0 * r0[q]
         t += 1
+
+
+@njit(cache=True)
+def lined_empty(n):
+    """An uninitialised float32 vector of ``n`` that starts on a cache line (numba's own arrays start 32 bytes
+    into one)."""
+    buffer = np.empty(n + LINE_FLOATS, np.float32)
+    skip = (LINE_BYTES - buffer.ctypes.data % LINE_BYTES) % LINE_BYTES // 4
+    return buffer[skip : skip + n]
 
 
 @njit(cache=True)
@@ -154,26 +169,25 @@ def _logits(a1, c4, w2, wo, bo, h, z, rows, values):
 
 
 @njit(parallel=True, cache=True)
-def sweep_images(pooled, touched, order, w1, hidden_bias, k4, c4_bias, w2, wo, bo, classes, gaps, logits):
+def sweep_images(pooled, touched, order, w1, hidden_bias, k4, c4_bias, w2, wo, bo, n_classes, classes, gaps, logits):
     """Every image's class and logit gap before pruning and after each step of ``order``.
 
     ``pooled`` (n, H, W, C) float32; ``touched`` (n, C): channel non-zero somewhere in the image.
     Writes ``classes``/``gaps`` (len(order) + 1, n): row 0 unpruned, row k after ``order[:k]``; a step
     that does not touch an image copies its class and writes an infinite gap (not evaluated).
     ``logits`` is (n, classes) to receive each image's logits after the last step, or (0, classes).
+    The weights' columns beyond the hidden units and the ``n_classes`` classes are zero padding.
     """
     n = pooled.shape[0]
-    f1, n_classes = w1.shape[1], wo.shape[1]
+    f1 = w1.shape[1]
     scratch = max(w1.shape[0], w2.shape[0], k4.shape[0] * k4.shape[1] * k4.shape[2], f1)
     for i in prange(n):
         x = pooled[i]
-        a1, h = np.empty(f1, np.float32), np.empty(f1, np.float32)
-        c4 = np.empty(w2.shape[0], np.float32)
-        z = np.empty(n_classes, np.float32)
+        a1, h, c4, z = lined_empty(f1), lined_empty(f1), lined_empty(w2.shape[0]), lined_empty(wo.shape[1])
         rows, values = np.empty(scratch, np.int64), np.empty(scratch, np.float32)
         _add_channels(x, 0, x.shape[2], np.float32(1), w1, k4, hidden_bias, c4_bias, a1, c4, rows, values)
         _logits(a1, c4, w2, wo, bo, h, z, rows, values)
-        classes[0, i], gaps[0, i] = top_two(z)
+        classes[0, i], gaps[0, i] = top_two(z[:n_classes])
         for k in range(order.shape[0]):
             c = order[k]
             if not touched[i, c]:
@@ -181,9 +195,9 @@ def sweep_images(pooled, touched, order, w1, hidden_bias, k4, c4_bias, w2, wo, b
                 continue
             _add_channels(x, c, c + 1, np.float32(-1), w1, k4, a1, c4, a1, c4, rows, values)
             _logits(a1, c4, w2, wo, bo, h, z, rows, values)
-            classes[k + 1, i], gaps[k + 1, i] = top_two(z)
+            classes[k + 1, i], gaps[k + 1, i] = top_two(z[:n_classes])
         if logits.shape[0]:
-            logits[i] = z
+            logits[i] = z[:n_classes]
 
 
 @njit(parallel=True, cache=True)

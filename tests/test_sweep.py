@@ -179,6 +179,28 @@ def test_best_and_gap_matches_a_plain_top_two():
     assert np.isnan(gap[4:8]).all()
 
 
+def test_the_kernels_read_weights_that_start_on_cache_lines():
+    """The closed form hands the kernels arrays that start on 64-byte lines, with the hidden units and the classes
+    padded by zeros to whole 16-float vectors (no vector load straddles two lines), and its logits are the
+    model's own classes."""
+    from lib.sweep_kernels import LINE_BYTES, LINE_FLOATS
+
+    model = tiny_deepid(n_classes=7, seed=4)  # 12 hidden units and 7 classes: both padded
+    tail = SweepEngine(model, "conv_3", "pool_3").closed_form
+    assert all(a.ctypes.data % LINE_BYTES == 0 for a in tail.arrays)
+    w1, hidden_bias, _, _, w2, wo, bo = tail.arrays
+    assert w1.shape[1] == hidden_bias.shape[0] == w2.shape[1] == wo.shape[0] == LINE_FLOATS
+    assert wo.shape[1] == bo.shape[0] == LINE_FLOATS
+    assert not (w1[:, 12:].any() or hidden_bias[12:].any() or w2[:, 12:].any() or wo[12:].any())
+    assert not (wo[:, 7:].any() or bo[7:].any())
+    pooled = pool_activations(model, tiny_images(20, 4), "pool_3", progress=False)
+    logits = tail.logits(pooled)
+    assert logits.shape == (20, 7)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, tail_model(model, "pool_3").predict_on_batch(pooled), atol=1e-5)
+
+
 def test_closed_form_sweep_is_the_same_in_any_grouping_and_thread_count(lab3_model):
     """Each image's trajectory is its own: which images are swept together, in how many calls and on
     how many threads changes no bit of any class or gap, and a sweep of no steps is its row 0."""
@@ -340,4 +362,6 @@ def test_the_kernel_profile_still_fits_the_kernels():
     for replacements in PARTS.values():
         classes, gaps = np.empty((len(order) + 1, 20), np.int64), np.empty((len(order) + 1, 20), np.float32)
         no_logits = np.empty((0, tail.n_classes), np.float32)
-        variant(replacements).sweep_images(pooled, touched, order, *tail.arrays, classes, gaps, no_logits)
+        variant(replacements).sweep_images(
+            pooled, touched, order, *tail.arrays, tail.n_classes, classes, gaps, no_logits
+        )
