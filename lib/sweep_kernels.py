@@ -33,10 +33,11 @@ LINE_FLOATS = LINE_BYTES // 4
 def add_rows(y, base, w, rows, coefficients, m):
     """``y = base + sum(coefficients[t] * w[rows[t]] for t < m)``, summed in that order (``y`` may be ``base``).
 
-    Eight rows per pass over ``y`` (four in the first pass, from ``base``, and in the last): an eighth of the
-    loads and stores of ``y`` that one row at a time takes. Four rows per pass were measured 40 % faster than
-    one, eight 4-5 % faster again over the whole sweep. Inlined into its callers, most of which pass a
-    few rows of a short ``y`` (conv_4's 80 outputs at one position): 4 % faster (``benchmarks/README.md``).
+    Eight rows per pass over ``y`` while eight are left (the first pass, from ``base``, takes four; then four
+    more where four to seven are left, and the last few one at a time): an eighth of the loads and stores of
+    ``y`` that one row at a time takes. Four rows per pass were measured 40 % faster than one, eight 4-5 %
+    faster again over the whole sweep. Inlined into its callers, most of which pass a few rows of a short ``y``
+    (conv_4's 80 outputs at one position): 4 % faster (``benchmarks/README.md``).
     """
     n = y.shape[0]
     if m >= 4:
