@@ -7,7 +7,6 @@ increasing order of their mean activation.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,22 +16,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lib.datasets import count_images, iter_image_batches
-from lib.models import BATCH_SIZE
-
-#: Prefix sub-models already built, per model: a fresh one traces its compiled predict step again on
-#: every call (about 0.1 s of a 3 s pass, and TensorFlow's retracing warnings). The cache lets the
-#: model go; the sub-model shares its layers and weights.
-_PREFIXES: weakref.WeakKeyDictionary[keras.Model, dict[str, keras.Model]] = weakref.WeakKeyDictionary()
+from lib.models import BATCH_SIZE, sub_model
 
 
 def prefix_model(model: keras.Model, pool_layer: str) -> keras.Model:
     """The sub-network from the input up to ``pool_layer``'s output (built once per model and layer)."""
-    built = _PREFIXES.setdefault(model, {})
-    if pool_layer not in built:
-        built[pool_layer] = keras.Model(
-            model.inputs, model.get_layer(pool_layer).output, name=f"prefix_to_{pool_layer}"
-        )
-    return built[pool_layer]
+    return sub_model(model, model.inputs, model.get_layer(pool_layer).output, f"prefix_to_{pool_layer}")
 
 
 def pool_activations(

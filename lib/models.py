@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import weakref
 import zipfile
 import zlib
 from pathlib import Path
@@ -194,6 +195,20 @@ def copy_model(model: keras.Model) -> keras.Model:
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
+
+
+#: Sub-models already built, per model and name: a fresh one traces its compiled predict step again on every
+#: call (about 0.1 s of a 3 s pass, and TensorFlow's retracing warnings). The weak keys let a model go; a
+#: sub-model shares its layers and weights.
+_SUB_MODELS: weakref.WeakKeyDictionary[keras.Model, dict[str, keras.Model]] = weakref.WeakKeyDictionary()
+
+
+def sub_model(model: keras.Model, inputs, outputs, name: str) -> keras.Model:
+    """``keras.Model(inputs, outputs, name=name)`` over ``model``'s layers, built once per model and name."""
+    built = _SUB_MODELS.setdefault(model, {})
+    if name not in built:
+        built[name] = keras.Model(inputs, outputs, name=name)
+    return built[name]
 
 
 def predict_classes(model: keras.Model, images, batch_size: int = BATCH_SIZE):

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import enum
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -52,7 +51,7 @@ from tqdm.auto import tqdm
 
 from lib.errors import InputError
 from lib.metrics import DEFAULT_TIE_MARGIN
-from lib.models import BATCH_SIZE
+from lib.models import BATCH_SIZE, sub_model
 from lib.prunable import check_prunable
 from lib.pruning import prune_channels
 from lib.sweep_batches import ReferenceBatches
@@ -76,19 +75,13 @@ __all__ = [
     "validate_thresholds",
 ]
 
-#: Tail sub-models already built, per model (see ``lib.activations.prefix_model``: the same reason).
-_TAILS: weakref.WeakKeyDictionary[keras.Model, dict[str, keras.Model]] = weakref.WeakKeyDictionary()
 #: How many times the closed form hands back to Python (and the progress bar moves) during a sweep.
 _PROGRESS_UPDATES = 10
 
 
 def tail_model(model: keras.Model, pool_layer: str) -> keras.Model:
     """The layers after ``pool_layer`` as a sub-model from its output (built once per model and layer)."""
-    built = _TAILS.setdefault(model, {})
-    if pool_layer not in built:
-        pool = model.get_layer(pool_layer)
-        built[pool_layer] = keras.Model(pool.output, model.outputs[0], name=f"tail_after_{pool_layer}")
-    return built[pool_layer]
+    return sub_model(model, model.get_layer(pool_layer).output, model.outputs[0], f"tail_after_{pool_layer}")
 
 
 class Strategy(enum.Enum):
