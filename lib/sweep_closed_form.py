@@ -30,14 +30,11 @@ CLOSED_FORM_MARGIN_FACTOR = 4.0
 
 
 def _lined(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """A float32 copy of ``a`` that starts on a cache line (``sweep_kernels.LINE_BYTES``), zero-padded to ``shape``
-    (default: ``a``'s). Zeros change no sum, and the kernels read no padded class."""
+    """A float32 copy of ``a`` that starts on a cache line (``sweep_kernels.lined_empty``), zero-padded to
+    ``shape`` (default: ``a``'s). Zeros change no sum, and the kernels read no padded class."""
     shape = a.shape if shape is None else shape
-    line = sweep_kernels.LINE_BYTES
-    nbytes = int(np.prod(shape)) * 4
-    buffer = np.zeros(nbytes + line, dtype=np.uint8)
-    skip = -buffer.ctypes.data % line
-    lined = buffer[skip : skip + nbytes].view(np.float32).reshape(shape)
+    lined = sweep_kernels.lined_empty(int(np.prod(shape))).reshape(shape)
+    lined[...] = 0
     lined[tuple(slice(0, d) for d in a.shape)] = a
     return lined
 
@@ -104,9 +101,9 @@ def _conv(layer, pool_out, inputs) -> bool:
 
 
 def _weights(layer) -> tuple[np.ndarray, np.ndarray]:
-    kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float32)
-    bias = keras.ops.convert_to_numpy(layer.bias).astype(np.float32) if layer.use_bias else np.zeros(kernel.shape[-1])
-    return kernel, bias.astype(np.float32)
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else np.zeros(kernel.shape[-1])
+    return kernel.astype(np.float32), bias.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
