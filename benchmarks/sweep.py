@@ -23,7 +23,7 @@ in a child process whose peak resident memory is reported.
 
 The processor's model and SIMD features are printed first: the engine's steps are sparse products
 compiled by numba, the prefix pass TensorFlow's convolutions, and the two scale differently from one
-processor to another. The first sweep in a process loads the compiled kernels (about 0.4 s, in round 1).
+processor to another. The first sweep in a process loads the compiled kernels (0.2-0.4 s, in round 1).
 
 All sweeps must give identical predictions (the engine, ``keras`` and ``tail`` at every step, ``naive`` at
 the steps it measured); otherwise the benchmark exits 1. The last line is machine-readable:

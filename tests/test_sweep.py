@@ -11,6 +11,7 @@ from keras import layers
 from lib.activations import mean_channel_activations, pool_activations, pruning_order
 from lib.errors import InputError
 from lib.sweep import Strategy, SweepEngine, naive_predictions, tail_model, threshold_steps, validate_thresholds
+from lib.sweep_closed_form import nonzero_channels
 
 
 def _sweep_vs_naive(model, image_sets, batch_size, steps=None, strategy=None):
@@ -358,7 +359,7 @@ def test_the_kernel_profile_still_fits_the_kernels():
     pooled = pool_activations(model, tiny_images(20, 9), "pool_3", progress=False)
     tail = SweepEngine(model, "conv_3", "pool_3").closed_form
     order = pruning_order(mean_channel_activations(pooled)).astype(np.int64)
-    touched = pooled.reshape(20, -1, pooled.shape[-1]).any(axis=1)
+    touched = nonzero_channels(pooled)
     for replacements in PARTS.values():
         classes, gaps = np.empty((len(order) + 1, 20), np.int64), np.empty((len(order) + 1, 20), np.float32)
         no_logits = np.empty((0, tail.n_classes), np.float32)
