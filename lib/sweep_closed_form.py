@@ -21,8 +21,10 @@ import keras
 import numpy as np
 
 from lib import sweep_kernels
+from lib.cache_lines import LINE_FLOATS, lined_empty
 from lib.models import BATCH_SIZE
 from lib.prunable import producer
+from lib.sweep_screen import screen_arrays, screen_supported
 
 #: The closed form decides a class only when its two best logits are further apart than this many
 #: tie margins (see ``lib.sweep``: its float32 state accumulates rounding over the steps).
@@ -30,18 +32,18 @@ CLOSED_FORM_MARGIN_FACTOR = 4.0
 
 
 def _lined(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """A float32 copy of ``a`` that starts on a cache line (``sweep_kernels.lined_empty``), zero-padded to
+    """A float32 copy of ``a`` that starts on a cache line (``lib.cache_lines.lined_empty``), zero-padded to
     ``shape`` (default: ``a``'s). Zeros change no sum, and the kernels read no padded class."""
     shape = a.shape if shape is None else shape
-    lined = sweep_kernels.lined_empty(int(np.prod(shape))).reshape(shape)
+    lined = lined_empty(int(np.prod(shape))).reshape(shape)
     lined[...] = 0
     lined[tuple(slice(0, d) for d in a.shape)] = a
     return lined
 
 
 def _whole_lines(n: int) -> int:
-    """``n`` floats rounded up to whole lines (``sweep_kernels.LINE_FLOATS``)."""
-    return -(-n // sweep_kernels.LINE_FLOATS) * sweep_kernels.LINE_FLOATS
+    """``n`` floats rounded up to whole lines (``LINE_FLOATS``)."""
+    return -(-n // LINE_FLOATS) * LINE_FLOATS
 
 
 def nonzero_channels(pooled: np.ndarray, batch: int = BATCH_SIZE) -> np.ndarray:
@@ -133,6 +135,8 @@ class ClosedFormTail:
             _lined(wo, (hidden, classes)),
             _lined(bo, (classes,)),
         )
+        #: The output layer's bfloat16 screen (``lib.sweep_screen``) where this processor has AVX512_BF16, else None.
+        self.screen = screen_arrays(wo, bo, self.n_classes) if screen_supported() else None
 
     @property
     def finite(self) -> bool:
@@ -219,6 +223,7 @@ class ClosedFormTail:
                 order,
                 *self.arrays,
                 self.n_classes,
+                self.screen,
                 classes[:, lo:hi],
                 gaps[:, lo:hi],
                 logits[lo:hi],

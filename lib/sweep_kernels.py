@@ -22,11 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-#: A cache line, and one AVX-512 vector. The kernels' vectors and the weights' rows start on a line, and the
-#: rows hold whole 16-float vectors (``lib.sweep_closed_form`` pads them with zeros), so that no vector load
-#: straddles two lines: measured 7 % of the kernel's time on the AMD EPYC of ``benchmarks/README.md``.
-LINE_BYTES = 64
-LINE_FLOATS = LINE_BYTES // 4
+from lib.cache_lines import lined_empty
+from lib.sweep_screen import screen_scratch, screened_top_two
 
 
 @njit(cache=True, inline="always")
@@ -71,15 +68,6 @@ def add_rows(y, base, w, rows, coefficients, m):
         for q in range(n):
             y[q] = y[q] + a0 * r0[q]
         t += 1
-
-
-@njit(cache=True)
-def lined_empty(n):
-    """An uninitialised float32 vector of ``n`` that starts on a cache line (numba's own arrays start 32 bytes
-    into one)."""
-    buffer = np.empty(n + LINE_FLOATS, np.float32)
-    skip = (LINE_BYTES - buffer.ctypes.data % LINE_BYTES) % LINE_BYTES // 4
-    return buffer[skip : skip + n]
 
 
 @njit(cache=True)
@@ -155,8 +143,9 @@ def _add_channels(x, first, last, sign, w1, k4, a1_base, c4_base, a1, c4, rows, 
 
 
 @njit(cache=True)
-def _logits(a1, c4, w2, wo, bo, h, z, rows, values):
-    """The logits ``z`` of the linear state ``a1``, ``c4``: only the units a ReLU lets through are multiplied."""
+def _hidden(a1, c4, w2, h, rows, values):
+    """The hidden layer ``h`` of the linear state ``a1``, ``c4`` (only conv_4's units its ReLU lets through are
+    multiplied); lists the hidden units the next ReLU lets through in ``rows``/``values`` and returns how many."""
     m = 0
     for u in range(c4.shape[0]):
         rows[m], values[m] = u, c4[u]
@@ -166,11 +155,28 @@ def _logits(a1, c4, w2, wo, bo, h, z, rows, values):
     for j in range(h.shape[0]):
         rows[m], values[m] = j, h[j]
         m += not h[j] <= 0
+    return m
+
+
+@njit(cache=True)
+def _class_and_gap(wo, bo, n_classes, screen, rows, values, m, z, scratch):
+    """``top_two`` of the logits ``bo + sum_t values[t] * wo[rows[t]]``: screened where ``screen`` is given
+    (``lib.sweep_screen``, the same bits), else the whole product into ``z``."""
+    if screen is not None:
+        scores, maxima, pairs, candidates, logits = scratch
+        screened, best, gap = screened_top_two(
+            screen, wo, bo, rows, values, m, scores, maxima, pairs, candidates, logits
+        )
+        if screened:
+            return best, gap
     add_rows(z, bo, wo, rows, values, m)
+    return top_two(z[:n_classes])
 
 
 @njit(parallel=True, cache=True)
-def sweep_images(pooled, touched, order, w1, hidden_bias, k4, c4_bias, w2, wo, bo, n_classes, classes, gaps, logits):
+def sweep_images(
+    pooled, touched, order, w1, hidden_bias, k4, c4_bias, w2, wo, bo, n_classes, screen, classes, gaps, logits
+):
     """Every image's class and logit gap before pruning and after each step of ``order``.
 
     ``pooled`` (n, H, W, C) float32; ``touched`` (n, C): channel non-zero somewhere in the image.
@@ -178,6 +184,7 @@ def sweep_images(pooled, touched, order, w1, hidden_bias, k4, c4_bias, w2, wo, b
     that does not touch an image copies its class and writes an infinite gap (not evaluated).
     ``logits`` is (n, classes) to receive each image's logits after the last step, or (0, classes).
     The weights' columns beyond the hidden units and the ``n_classes`` classes are zero padding.
+    ``screen`` is ``lib.sweep_screen.screen_arrays``'s tuple, or None to compute every class.
     """
     n = pooled.shape[0]
     f1 = w1.shape[1]
@@ -186,18 +193,23 @@ def sweep_images(pooled, touched, order, w1, hidden_bias, k4, c4_bias, w2, wo, b
         x = pooled[i]
         a1, h, c4, z = lined_empty(f1), lined_empty(f1), lined_empty(w2.shape[0]), lined_empty(wo.shape[1])
         rows, values = np.empty(scratch, np.int64), np.empty(scratch, np.float32)
+        scratch_for_screen = screen_scratch(screen, f1)
         _add_channels(x, 0, x.shape[2], np.float32(1), w1, k4, hidden_bias, c4_bias, a1, c4, rows, values)
-        _logits(a1, c4, w2, wo, bo, h, z, rows, values)
-        classes[0, i], gaps[0, i] = top_two(z[:n_classes])
+        m = _hidden(a1, c4, w2, h, rows, values)
+        classes[0, i], gaps[0, i] = _class_and_gap(wo, bo, n_classes, screen, rows, values, m, z, scratch_for_screen)
         for k in range(order.shape[0]):
             c = order[k]
             if not touched[i, c]:
                 classes[k + 1, i], gaps[k + 1, i] = classes[k, i], np.inf
                 continue
             _add_channels(x, c, c + 1, np.float32(-1), w1, k4, a1, c4, a1, c4, rows, values)
-            _logits(a1, c4, w2, wo, bo, h, z, rows, values)
-            classes[k + 1, i], gaps[k + 1, i] = top_two(z[:n_classes])
+            m = _hidden(a1, c4, w2, h, rows, values)
+            classes[k + 1, i], gaps[k + 1, i] = _class_and_gap(
+                wo, bo, n_classes, screen, rows, values, m, z, scratch_for_screen
+            )
         if logits.shape[0]:
+            m = _hidden(a1, c4, w2, h, rows, values)
+            add_rows(z, bo, wo, rows, values, m)
             logits[i] = z[:n_classes]
 
 

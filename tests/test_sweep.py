@@ -184,7 +184,7 @@ def test_the_kernels_read_weights_that_start_on_cache_lines():
     """The closed form hands the kernels arrays that start on 64-byte lines, with the hidden units and the classes
     padded by zeros to whole 16-float vectors (no vector load straddles two lines), and its logits are the
     model's own classes."""
-    from lib.sweep_kernels import LINE_BYTES, LINE_FLOATS
+    from lib.cache_lines import LINE_BYTES, LINE_FLOATS
 
     model = tiny_deepid(n_classes=7, seed=4)  # 12 hidden units and 7 classes: both padded
     tail = SweepEngine(model, "conv_3", "pool_3").closed_form
@@ -364,5 +364,5 @@ def test_the_kernel_profile_still_fits_the_kernels():
         classes, gaps = np.empty((len(order) + 1, 20), np.int64), np.empty((len(order) + 1, 20), np.float32)
         no_logits = np.empty((0, tail.n_classes), np.float32)
         variant(replacements).sweep_images(
-            pooled, touched, order, *tail.arrays, tail.n_classes, classes, gaps, no_logits
+            pooled, touched, order, *tail.arrays, tail.n_classes, tail.screen, classes, gaps, no_logits
         )
