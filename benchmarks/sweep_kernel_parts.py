@@ -42,10 +42,13 @@ PARTS = {
     "fc_2 (rows of its kernel)": [("    add_rows(h, a1, w2, rows, values, m)\n", "    h[:] = a1\n")],
     "both products and listing their units": [
         (
-            "        m += not c4[u] <= 0  # a NaN goes through, so that it reaches the logits (a near tie)\n",
-            "        m += 0\n",
+            "    m = compress_positive(c4, rows, values) if by_compress else list_positive(c4, rows, values)\n",
+            "    m = 0\n",
         ),
-        ("        m += not h[j] <= 0\n", "        m += 0\n"),
+        (
+            "    return compress_positive(h, rows, values) if by_compress else list_positive(h, rows, values)\n",
+            "    return 0\n",
+        ),
     ],
     "removing the channel's share": [
         (
@@ -86,7 +89,7 @@ def main() -> int:
         pooled = np.concatenate([pool_activations(model, str(p), POOL, progress=False) for p in paths])
     order = pruning_order(mean_channel_activations(pooled[: len(pooled) // 2])).astype(np.int64)
     tail = SweepEngine(model, CONV, POOL).closed_form
-    arrays, n_classes, screen = tail.arrays, tail.n_classes, tail.screen
+    arrays, n_classes, vectors = tail.arrays, tail.n_classes, (tail.screen, tail.by_compress)
     n = len(pooled)
     touched = nonzero_channels(pooled)
     classes = np.empty((len(order) + 1, n), dtype=np.int64)
@@ -100,12 +103,12 @@ def main() -> int:
 
     def best_time(kernels: types.ModuleType, order: np.ndarray = order) -> float:
         kernels.sweep_images(
-            pooled[:8], touched[:8], order, *arrays, n_classes, screen, classes[:, :8], gaps[:, :8], no_logits
+            pooled[:8], touched[:8], order, *arrays, n_classes, *vectors, classes[:, :8], gaps[:, :8], no_logits
         )
         times = []
         for _ in range(args.rounds):
             start = time.perf_counter()
-            kernels.sweep_images(pooled, touched, order, *arrays, n_classes, screen, classes, gaps, no_logits)
+            kernels.sweep_images(pooled, touched, order, *arrays, n_classes, *vectors, classes, gaps, no_logits)
             times.append(time.perf_counter() - start)
         return min(times)
 

@@ -10,7 +10,8 @@ class. Dormant channels, the first pruned, touch almost no image. For the CSAW h
 not re-run either (``Strategy.CLOSED_FORM``, ``lib.sweep_closed_form``): fc_1's and conv_4's
 pre-activations are carried per image, a step subtracts the channel's share, and fc_2 and the
 output layer are applied to the units their ReLUs let through, about a sixth of the dense
-arithmetic (``lib.sweep_kernels``, compiled by numba, one image's whole trajectory at a time).
+arithmetic (``lib.sweep_kernels``, compiled by numba, one image's whole trajectory at a time; the
+output layer screened in bfloat16 where the processor can, ``lib.sweep_screen``).
 Any other tail goes through the Keras tail sub-model (``Strategy.KERAS_TAIL``).
 
 Why it is exact

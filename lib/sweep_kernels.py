@@ -7,7 +7,9 @@ fc_2's kernel and 32 rows of the output layer's (about 62,000 multiply-adds) whe
 products need 360,000, as much as the convolutions of a forward pass (``benchmarks/README.md``).
 Each image carries only the linear part of its state (fc_1's output and conv_4's, before their
 ReLUs) from step to step; fc_2 and the output layer are recomputed from it at every evaluation,
-so their rounding does not accumulate.
+so their rounding does not accumulate. Where the processor has AVX512_BF16, the output layer is
+screened in bfloat16 first and only the few classes that can still be the best two are summed
+(``lib.sweep_screen``): the same class and gap, bit for bit.
 
 An image's trajectory does not depend on any other image, so images run in parallel (numba
 threads, ``NUMBA_NUM_THREADS``), each in the same order of operations whatever the thread count:
@@ -23,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from lib.cache_lines import lined_empty
+from lib.simd import LANES, bits_float, compress_positive, list_positive, order_key
 from lib.sweep_screen import screen_scratch, screened_top_two
 
 
@@ -71,26 +74,12 @@ def add_rows(y, base, w, rows, coefficients, m):
 
 
 @njit(cache=True)
-def _key(bits):
-    """An integer that orders like the float32 with these bits (for finite values): integer maxima vectorize."""
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-
-@njit(cache=True)
-def _float(key):
-    """The float32 of an integer ``_key``."""
-    bits = np.empty(1, np.int32)
-    bits[0] = _key(key)
-    return bits.view(np.float32)[0]
-
-
-@njit(cache=True)
 def top_two(z):
     """``z``'s argmax (the first of equal maxima, as ``np.argmax``) and its best value minus its second best.
 
     Equal best values, +0 and -0 included, give a gap of 0; a NaN or infinite value anywhere gives
     class 0 and a NaN gap: near ties either way, which the Keras tail settles. Two passes of integer
-    reductions over the values' bits (see ``_key``), which the compiler turns into vector instructions,
+    reductions over the values' bits (see ``lib.simd.order_key``), which the compiler turns into vector instructions,
     where float maxima would need fast-math flags: the best, then its first place, how many share it and
     the best of the others.
     """
@@ -99,16 +88,16 @@ def top_two(z):
     best, non_finite = -(2**31), 0
     for q in range(n):
         non_finite |= (bits[q] >> 23) & 0xFF == 0xFF
-        best = max(best, _key(bits[q]))
+        best = max(best, order_key(bits[q]))
     if non_finite:
         return 0, np.float32(np.nan)
     at, ties, second = n, 0, -(2**31)
     for q in range(n):
-        key = _key(bits[q])
+        key = order_key(bits[q])
         at = min(at, q if key == best else n)
         ties += key == best
         second = max(second, key if key != best else -(2**31))
-    return at, z[at] - _float(best if ties > 1 else second)
+    return at, z[at] - bits_float(order_key(best if ties > 1 else second))
 
 
 @njit(cache=True)
@@ -143,19 +132,13 @@ def _add_channels(x, first, last, sign, w1, k4, a1_base, c4_base, a1, c4, rows, 
 
 
 @njit(cache=True)
-def _hidden(a1, c4, w2, h, rows, values):
+def _hidden(a1, c4, w2, h, rows, values, by_compress):
     """The hidden layer ``h`` of the linear state ``a1``, ``c4`` (only conv_4's units its ReLU lets through are
-    multiplied); lists the hidden units the next ReLU lets through in ``rows``/``values`` and returns how many."""
-    m = 0
-    for u in range(c4.shape[0]):
-        rows[m], values[m] = u, c4[u]
-        m += not c4[u] <= 0  # a NaN goes through, so that it reaches the logits (a near tie)
+    multiplied); lists the hidden units the next ReLU lets through in ``rows``/``values`` and returns how many
+    (``lib.simd``: by vector compresses where ``by_compress``)."""
+    m = compress_positive(c4, rows, values) if by_compress else list_positive(c4, rows, values)
     add_rows(h, a1, w2, rows, values, m)
-    m = 0
-    for j in range(h.shape[0]):
-        rows[m], values[m] = j, h[j]
-        m += not h[j] <= 0
-    return m
+    return compress_positive(h, rows, values) if by_compress else list_positive(h, rows, values)
 
 
 @njit(cache=True)
@@ -175,7 +158,22 @@ def _class_and_gap(wo, bo, n_classes, screen, rows, values, m, z, scratch):
 
 @njit(parallel=True, cache=True)
 def sweep_images(
-    pooled, touched, order, w1, hidden_bias, k4, c4_bias, w2, wo, bo, n_classes, screen, classes, gaps, logits
+    pooled,
+    touched,
+    order,
+    w1,
+    hidden_bias,
+    k4,
+    c4_bias,
+    w2,
+    wo,
+    bo,
+    n_classes,
+    screen,
+    by_compress,
+    classes,
+    gaps,
+    logits,
 ):
     """Every image's class and logit gap before pruning and after each step of ``order``.
 
@@ -184,18 +182,19 @@ def sweep_images(
     that does not touch an image copies its class and writes an infinite gap (not evaluated).
     ``logits`` is (n, classes) to receive each image's logits after the last step, or (0, classes).
     The weights' columns beyond the hidden units and the ``n_classes`` classes are zero padding.
-    ``screen`` is ``lib.sweep_screen.screen_arrays``'s tuple, or None to compute every class.
+    ``screen`` is ``lib.sweep_screen.screen_arrays``'s tuple, or None to compute every class;
+    ``by_compress`` lists the units a ReLU lets through with vector compresses (``lib.simd.compress_positive``).
     """
     n = pooled.shape[0]
     f1 = w1.shape[1]
-    scratch = max(w1.shape[0], w2.shape[0], k4.shape[0] * k4.shape[1] * k4.shape[2], f1)
+    scratch = max(w1.shape[0], w2.shape[0], k4.shape[0] * k4.shape[1] * k4.shape[2], f1) + LANES
     for i in prange(n):
         x = pooled[i]
         a1, h, c4, z = lined_empty(f1), lined_empty(f1), lined_empty(w2.shape[0]), lined_empty(wo.shape[1])
-        rows, values = np.empty(scratch, np.int64), np.empty(scratch, np.float32)
+        rows, values = np.empty(scratch, np.int32), np.empty(scratch, np.float32)
         scratch_for_screen = screen_scratch(screen, f1)
         _add_channels(x, 0, x.shape[2], np.float32(1), w1, k4, hidden_bias, c4_bias, a1, c4, rows, values)
-        m = _hidden(a1, c4, w2, h, rows, values)
+        m = _hidden(a1, c4, w2, h, rows, values, by_compress)
         classes[0, i], gaps[0, i] = _class_and_gap(wo, bo, n_classes, screen, rows, values, m, z, scratch_for_screen)
         for k in range(order.shape[0]):
             c = order[k]
@@ -203,12 +202,12 @@ def sweep_images(
                 classes[k + 1, i], gaps[k + 1, i] = classes[k, i], np.inf
                 continue
             _add_channels(x, c, c + 1, np.float32(-1), w1, k4, a1, c4, a1, c4, rows, values)
-            m = _hidden(a1, c4, w2, h, rows, values)
+            m = _hidden(a1, c4, w2, h, rows, values, by_compress)
             classes[k + 1, i], gaps[k + 1, i] = _class_and_gap(
                 wo, bo, n_classes, screen, rows, values, m, z, scratch_for_screen
             )
         if logits.shape[0]:
-            m = _hidden(a1, c4, w2, h, rows, values)
+            m = _hidden(a1, c4, w2, h, rows, values, by_compress)
             add_rows(z, bo, wo, rows, values, m)
             logits[i] = z[:n_classes]
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from lib.cache_lines import lined_empty
+from lib.simd import bits_float, float_bits, host_has, order_key
 
 #: Vectors of 16 float32 accumulators per block, each pair for 32 classes (even and odd): a block covers
 #: 32 * BLOCK_VECTORS classes, and the classes are padded to whole blocks. 6 (192 classes, 12 accumulators)
@@ -49,11 +50,7 @@ _ROUNDINGS_PER_TERM = 8.0
 
 def screen_supported() -> bool:
     """Whether numba compiles for this processor and it has AVX512_BF16 (``vdpbf16ps``)."""
-    import llvmlite.binding as llvm
-
-    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
-        return False  # numba targets another processor (for example a portable cache): never emit the instruction
-    return bool(llvm.get_host_cpu_features().get("avx512bf16", False))
+    return host_has("avx512bf16")
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -119,7 +116,7 @@ def _screen_block(typingctx, out, maxima, bias, weights, row_bytes, rows, pairs,
     and each 32 positions' largest value in ``maxima`` (the values are finite or minus infinity).
 
     Addresses: ``out`` and ``bias`` (float32, on a cache line), ``maxima`` (float32), ``weights`` (the block's
-    first int32 in row 0; rows ``row_bytes`` apart), ``rows`` (int64) and ``pairs`` (int32: a~_t's bfloat16
+    first int32 in row 0; rows ``row_bytes`` apart), ``rows`` (int32) and ``pairs`` (int32: a~_t's bfloat16
     bits in both halves). Each weight vector holds 32 bfloat16 values (classes 2i, 2i + 1 in int32 lane i);
     the pair masked to its low half multiplies the even classes, to its high half the odd ones, into two
     accumulators that stay in registers through all rows.
@@ -146,10 +143,10 @@ def _screen_block(typingctx, out, maxima, bias, weights, row_bytes, rows, pairs,
             cgutils.alloca_once_value(builder, builder.load(at(bias_addr, 64 * v, floats), align=64))
             for v in range(2 * BLOCK_VECTORS)
         ]
-        rows_ptr = builder.inttoptr(rows_addr, i64.as_pointer())
+        rows_ptr = builder.inttoptr(rows_addr, i32.as_pointer())
         pairs_ptr = builder.inttoptr(pairs_addr, i32.as_pointer())
         with cgutils.for_range(builder, count) as loop:
-            row = builder.load(builder.gep(rows_ptr, [loop.index]))
+            row = builder.sext(builder.load(builder.gep(rows_ptr, [loop.index])), i64)
             pair = builder.load(builder.gep(pairs_ptr, [loop.index]))
             pair = builder.insert_element(ir.Constant(ints, ir.Undefined), pair, ir.Constant(i32, 0))
             pair = builder.shuffle_vector(pair, ir.Constant(ints, ir.Undefined), ir.Constant(ints, [0] * 16))
@@ -172,37 +169,6 @@ def _screen_block(typingctx, out, maxima, bias, weights, row_bytes, rows, pairs,
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-@intrinsic
-def _bits(typingctx, value):
-    """The int32 bit pattern of a float32."""
-    sig = types.int32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return sig, codegen
-
-
-@intrinsic
-def _float(typingctx, bits):
-    """The float32 of an integer's low 32 bits."""
-    if not isinstance(bits, types.Integer):
-        return None
-    sig = types.float32(bits)
-
-    def codegen(context, builder, signature, args):
-        value = args[0] if bits.bitwidth == 32 else builder.trunc(args[0], ir.IntType(32))
-        return builder.bitcast(value, ir.FloatType())
-
-    return sig, codegen
-
-
-@njit(cache=True, inline="always")
-def _key(bits):
-    """An integer that orders like the float32 with these bits (``lib.sweep_kernels._key``)."""
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 @njit(cache=True)
@@ -231,10 +197,10 @@ def screen_scores(screen, rows, values, m, scores, maxima, pairs):
     error, largest = 0.0, bias_bound
     for t in range(m):
         a, r = values[t], rows[t]
-        bits = _bits(a)
+        bits = float_bits(a)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 & 0xFFFF
         rounded = rounded if rounded & 0x7F80 else 0  # a subnormal (or zero) value: the instruction reads zero
-        approximate = _float(rounded << 16)
+        approximate = bits_float(rounded << 16)
         pairs[t] = rounded | (rounded << 16)
         error += abs(np.float64(a) - np.float64(approximate)) * row_bound[r] + np.float64(approximate) * row_error[r]
         largest += max(np.float64(a), np.float64(approximate)) * row_bound[r]
@@ -296,12 +262,12 @@ def screened_top_two(screen, wo, bo, rows, values, m, scores, maxima, pairs, can
     exact = logits[:n].view(np.int32)
     best_key = -(2**31)
     for q in range(n):
-        best_key = max(best_key, _key(exact[q]))
+        best_key = max(best_key, order_key(exact[q]))
     at, ties, second_key = -1, 0, -(2**31)
     for q in range(n):
-        key = _key(exact[q])
+        key = order_key(exact[q])
         if key == best_key and (at < 0 or candidates[q] < candidates[at]):
             at = q
         ties += key == best_key
         second_key = max(second_key, key if key != best_key else -(2**31))
-    return True, candidates[at], logits[at] - _float(_key(best_key if ties > 1 else second_key))
+    return True, candidates[at], logits[at] - bits_float(order_key(best_key if ties > 1 else second_key))

@@ -364,5 +364,14 @@ def test_the_kernel_profile_still_fits_the_kernels():
         classes, gaps = np.empty((len(order) + 1, 20), np.int64), np.empty((len(order) + 1, 20), np.float32)
         no_logits = np.empty((0, tail.n_classes), np.float32)
         variant(replacements).sweep_images(
-            pooled, touched, order, *tail.arrays, tail.n_classes, tail.screen, classes, gaps, no_logits
+            pooled,
+            touched,
+            order,
+            *tail.arrays,
+            tail.n_classes,
+            tail.screen,
+            tail.by_compress,
+            classes,
+            gaps,
+            no_logits,
         )

@@ -24,7 +24,7 @@ def _scratch(screen) -> tuple:
 
 def _hidden_values(rng, hidden: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Positive hidden units (rows, values) as the kernels list them: about a fifth of the units."""
-    rows = np.flatnonzero(rng.random(hidden) < 0.2).astype(np.int64)
+    rows = np.flatnonzero(rng.random(hidden) < 0.2).astype(np.int32)
     values = (np.abs(rng.normal(size=rows.size)) * scale).astype(np.float32)
     return rows, values
 
@@ -130,7 +130,7 @@ def test_screen_gives_way_where_it_cannot_bound_the_logits(lab3_model):
     tail = SweepEngine(lab3_model, "conv_3", "pool_3").closed_form
     _, _, _, _, _, wo, bo = tail.arrays
     widest = int(np.argmax(tail.screen[4]))  # the row with the largest weights
-    rows = np.array([widest - 1, widest, widest + 1], np.int64)
+    rows = np.array([widest - 1, widest, widest + 1], np.int32)
     overflowing = 2 * sweep_screen._LARGEST_SAFE / tail.screen[4][widest]  # its terms could reach 2e37
     assert overflowing < np.finfo(np.float32).max
     for bad in (np.nan, np.inf, overflowing):
@@ -166,7 +166,7 @@ def test_kernels_without_a_screen_do_not_contain_it():
 
     tail = SweepEngine(tiny_deepid(seed=2), "conv_3", "pool_3").closed_form
     _, _, _, _, _, wo, bo = tail.arrays
-    rows, values = np.array([0, 3], np.int64), np.array([1.0, 2.0], np.float32)
+    rows, values = np.array([0, 3], np.int32), np.array([1.0, 2.0], np.float32)
     fresh = njit(sweep_kernels._class_and_gap.py_func)
     z = lined_empty(wo.shape[1])
     assert fresh(wo, bo, tail.n_classes, None, rows, values, 2, z, ()) == sweep_kernels.top_two(
@@ -174,10 +174,3 @@ def test_kernels_without_a_screen_do_not_contain_it():
     )
     (compiled,) = fresh.inspect_llvm().values()
     assert "top_two" in compiled and "screened_top_two" not in compiled and "dpbf16" not in compiled
-
-
-def test_screen_is_off_when_numba_targets_another_processor(monkeypatch):
-    from numba.core import config
-
-    monkeypatch.setattr(config, "CPU_NAME", "generic")
-    assert not sweep_screen.screen_supported()
