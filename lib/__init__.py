@@ -36,6 +36,7 @@ module                      what it holds
 ``lib.sweep_kernels``       the closed form's arithmetic, compiled by numba, image by image
 ``lib.sweep_screen``        the output layer screened in bfloat16, then the few candidate classes exactly
 ``lib.cache_lines``         float32 vectors that start on a cache line, for the kernels
+``lib.simd``                bit casts and vector compresses for the kernels, and which processor has them
 ``lib.sweep_batches``       the reference batches ``predict`` forms, and near ties settled in them
 ``lib.sweep_table``         the sweep table and the thresholds (exact counts)
 ``lib.pruning``             zero or copy conv channels in a Keras model

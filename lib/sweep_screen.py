@@ -251,13 +251,17 @@ def screened_top_two(screen, wo, bo, rows, values, m, scores, maxima, pairs, can
         if np.float64(maxima[v]) < threshold:
             continue
         for p in range(32 * v, 32 * v + 32):
-            if np.float64(scores[p]) >= threshold:
-                c = position_class[p]
-                z = bo[c]
-                for t in range(m):
-                    z = z + values[t] * wo[rows[t], c]
-                candidates[n], logits[n] = c, z
-                n += 1
+            candidates[n] = position_class[p]
+            n += np.float64(scores[p]) >= threshold
+    for q in range(0, n, 2):  # two candidates' sums at a time: each is a chain of dependent additions
+        c0, c1 = candidates[q], candidates[min(q + 1, n - 1)]
+        z0, z1 = bo[c0], bo[c1]
+        for t in range(m):
+            z0 = z0 + values[t] * wo[rows[t], c0]
+            z1 = z1 + values[t] * wo[rows[t], c1]
+        logits[q] = z0
+        if q + 1 < n:
+            logits[q + 1] = z1
 
     exact = logits[:n].view(np.int32)
     best_key = -(2**31)
