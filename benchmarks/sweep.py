@@ -23,7 +23,7 @@ in a child process whose peak resident memory is reported.
 
 The processor's model and SIMD features are printed first: the engine's steps are sparse products
 compiled by numba, the prefix pass TensorFlow's convolutions, and the two scale differently from one
-processor to another. The first sweep in a process loads the compiled kernels (0.2-0.4 s, in round 1).
+processor to another. The first sweep in a process loads the compiled kernels from numba's cache (about 0.03 s).
 
 All sweeps must give identical predictions (the engine, ``keras`` and ``tail`` at every step, ``naive`` at
 the steps it measured); otherwise the benchmark exits 1. The last line is machine-readable:
@@ -90,6 +90,16 @@ def input_files(workdir: Path) -> tuple[list[Path], str]:
     return paths, "stand-in images (synthetic faces of lib.demo, 1283 identities; the second set with sunglasses)"
 
 
+def kernel_paths() -> str:
+    """Which of the kernels' processor-dependent paths this machine takes (``lib.sweep_screen``, ``lib.simd``)."""
+    from lib.simd import host_has
+    from lib.sweep_screen import screen_supported
+
+    output = "screened in bfloat16 (vdpbf16ps)" if screen_supported() else "float32 product"
+    listing = "by vector compress" if host_has("avx512f") else "one unit at a time"
+    return f"output layer {output}, units listed {listing}"
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that over from the
     forked parent across exec, so a spawned child would report the parent's peak."""
@@ -145,6 +155,7 @@ def main() -> int:
             f"machine: {machine.one_line()}; {os.cpu_count()} cores; python {platform.python_version()}, "
             f"tensorflow {tf.__version__}, numba {numba.__version__} ({numba.get_num_threads()} threads)"
         )
+        print(f"kernels: {kernel_paths()}")
 
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()

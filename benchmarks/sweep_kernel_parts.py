@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sweep import CONV, POOL, input_files, weights_file  # noqa: E402  (the root is on the path only now)
+from benchmarks.sweep import CONV, POOL, input_files, kernel_paths, weights_file  # noqa: E402  (the root is on the path only now)
 from lib import machine, sweep_kernels  # noqa: E402
 from lib.quiet import import_tensorflow_quietly  # noqa: E402
 
@@ -100,6 +100,7 @@ def main() -> int:
     print(f"inputs:  {what}; {n:,} images, {len(order)} channels")
     threads = numba.get_num_threads()
     print(f"machine: {machine.one_line()}; {os.cpu_count()} cores; numba {numba.__version__}, {threads} threads")
+    print(f"kernels: {kernel_paths()}")
 
     def best_time(kernels: types.ModuleType, order: np.ndarray = order) -> float:
         kernels.sweep_images(

@@ -16,7 +16,7 @@ threads, ``NUMBA_NUM_THREADS``), each in the same order of operations whatever t
 one thread or many give the same bytes. No fast-math flag is set, so every sum is rounded in the
 order written here. Zero inputs are skipped, which equals multiplying by them only for finite
 weights: ``lib.sweep_closed_form`` hands over no other. The first call on a machine compiles the
-kernels (about 16 s on a 2-core AMD EPYC); numba caches them beside this file (``__pycache__``).
+kernels (about 20 s on a 2-core AMD EPYC); numba caches them beside this file (``__pycache__``).
 """
 
 from __future__ import annotations
