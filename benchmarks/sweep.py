@@ -92,11 +92,11 @@ def input_files(workdir: Path) -> tuple[list[Path], str]:
 
 def kernel_paths() -> str:
     """Which of the kernels' processor-dependent paths this machine takes (``lib.sweep_screen``, ``lib.simd``)."""
-    from lib.simd import host_has
+    from lib.simd import compress_supported
     from lib.sweep_screen import screen_supported
 
     output = "screened in bfloat16 (vdpbf16ps)" if screen_supported() else "float32 product"
-    listing = "by vector compress" if host_has("avx512f") else "one unit at a time"
+    listing = "by vector compress" if compress_supported() else "one unit at a time"
     return f"output layer {output}, units listed {listing}"
 
 

@@ -6,7 +6,7 @@ entries of a vector that a ReLU lets through with a vector compress (``vcompress
 where the scalar loop stores every entry at the running count: 560 -> 110 ns for conv_4's 960 outputs
 on the AMD EPYC of ``benchmarks/README.md``. Without AVX-512 LLVM expands the compress into slower code
 than the scalar loop (1,170 ns there, compiled for a Haswell), so the kernels compress only where
-``host_has("avx512f")``.
+``compress_supported()``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,17 @@ def host_has(feature: str) -> bool:
     if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
         return False
     return bool(llvm.get_host_cpu_features().get(feature, False))
+
+
+def compress_supported() -> bool:
+    """Whether the kernels list units by vector compress here (``compress_positive``): AVX-512 only."""
+    return host_has("avx512f")
+
+
+def broadcast(builder: ir.IRBuilder, value: ir.Value, vector: ir.VectorType) -> ir.Value:
+    """``value`` in every lane of a ``vector`` (LLVM IR, for the intrinsics' code generators)."""
+    lanes = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lanes, ir.Constant(vector, ir.Undefined), ir.Constant(vector, [0] * vector.count))
 
 
 @intrinsic
@@ -82,8 +93,7 @@ def _compress_positive(typingctx, source, first, rows, values, m):
         )
         x = builder.load(builder.inttoptr(source, floats.as_pointer()), align=4)
         through = builder.fcmp_unordered(">", x, ir.Constant(floats, [0.0] * LANES))
-        index = builder.insert_element(ir.Constant(ints, ir.Undefined), builder.trunc(first, i32), ir.Constant(i32, 0))
-        index = builder.shuffle_vector(index, ir.Constant(ints, ir.Undefined), ir.Constant(ints, [0] * LANES))
+        index = broadcast(builder, builder.trunc(first, i32), ints)
         index = builder.add(index, ir.Constant(ints, list(range(LANES))))
         for vector, address, kind in ((x, values, floats), (index, rows, ints)):
             compress = cgutils.get_or_insert_function(

@@ -24,7 +24,7 @@ from lib import sweep_kernels
 from lib.cache_lines import LINE_FLOATS, lined_empty
 from lib.models import BATCH_SIZE
 from lib.prunable import producer
-from lib.simd import host_has
+from lib.simd import compress_supported
 from lib.sweep_screen import screen_arrays, screen_supported
 
 #: The closed form decides a class only when its two best logits are further apart than this many
@@ -139,7 +139,7 @@ class ClosedFormTail:
         #: The output layer's bfloat16 screen (``lib.sweep_screen``) where this processor has AVX512_BF16, else None.
         self.screen = screen_arrays(wo, bo, self.n_classes) if screen_supported() else None
         #: List the units a ReLU lets through with vector compresses (``lib.simd.compress_positive``): AVX-512 only.
-        self.by_compress = host_has("avx512f")
+        self.by_compress = compress_supported()
 
     @property
     def finite(self) -> bool:

@@ -38,7 +38,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from lib.cache_lines import lined_empty
-from lib.simd import bits_float, float_bits, host_has, order_key
+from lib.simd import bits_float, broadcast, float_bits, host_has, order_key
 
 #: Vectors of 16 float32 accumulators per block, each pair for 32 classes (even and odd): a block covers
 #: 32 * BLOCK_VECTORS classes, and the classes are padded to whole blocks. 6 (192 classes, 12 accumulators)
@@ -60,13 +60,27 @@ def screen_supported() -> bool:
     return host_has("avx512bf16")
 
 
+@njit(cache=True, inline="always")
+def _bf16(bits):
+    """The bfloat16 bit pattern of the float32 with (unsigned) bits ``bits``: rounded to nearest, ties to even;
+    a subnormal flushed to zero of its sign, as ``vdpbf16ps`` reads it. The one place of that rule, for the
+    weights (``bf16_bits``) and for each evaluation's values (``screen_scores``)."""
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+    return rounded if rounded & 0x7F80 else rounded & 0x8000
+
+
+@njit(cache=True)
+def _bf16_all(bits):
+    out = np.empty(bits.shape[0], np.uint16)
+    for i in range(bits.shape[0]):
+        out[i] = _bf16(np.int64(bits[i]))
+    return out
+
+
 def bf16_bits(x: np.ndarray) -> np.ndarray:
-    """uint16 bfloat16 bit patterns of float32 ``x``, rounded to nearest (ties to even); subnormals flushed to
-    (signed) zero, as ``vdpbf16ps`` reads them. ``x`` must be finite."""
-    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    subnormal = (rounded & 0x7F80) == 0
-    return np.where(subnormal, rounded & 0x8000, rounded).astype(np.uint16)
+    """uint16 bfloat16 bit patterns of float32 ``x`` (``_bf16``). ``x`` must be finite."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return _bf16_all(bits.reshape(-1)).reshape(bits.shape)
 
 
 def bf16_values(bits: np.ndarray) -> np.ndarray:
@@ -155,8 +169,7 @@ def _screen_block(typingctx, out, maxima, bias, weights, row_bytes, rows, pairs,
         with cgutils.for_range(builder, count) as loop:
             row = builder.sext(builder.load(builder.gep(rows_ptr, [loop.index])), i64)
             pair = builder.load(builder.gep(pairs_ptr, [loop.index]))
-            pair = builder.insert_element(ir.Constant(ints, ir.Undefined), pair, ir.Constant(i32, 0))
-            pair = builder.shuffle_vector(pair, ir.Constant(ints, ir.Undefined), ir.Constant(ints, [0] * 16))
+            pair = broadcast(builder, pair, ints)
             even = builder.bitcast(builder.and_(pair, ir.Constant(ints, [0xFFFF] * 16)), halves)
             odd = builder.bitcast(builder.and_(pair, ir.Constant(ints, [-65536] * 16)), halves)
             base = builder.add(weights_addr, builder.mul(row, stride))
@@ -204,9 +217,7 @@ def screen_scores(screen, rows, values, m, scores, maxima, pairs):
     error, largest = 0.0, bias_bound
     for t in range(m):
         a, r = values[t], rows[t]
-        bits = float_bits(a)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 & 0xFFFF
-        rounded = rounded if rounded & 0x7F80 else 0  # a subnormal (or zero) value: the instruction reads zero
+        rounded = _bf16(np.int64(float_bits(a)) & 0xFFFFFFFF)  # a positive value: a flushed one is +0
         approximate = bits_float(rounded << 16)
         pairs[t] = rounded | (rounded << 16)
         error += abs(np.float64(a) - np.float64(approximate)) * row_bound[r] + np.float64(approximate) * row_error[r]

@@ -64,4 +64,5 @@ def test_nothing_is_taken_from_the_host_when_numba_targets_another_processor(mon
     from lib.sweep_screen import screen_supported
 
     monkeypatch.setattr(config, "CPU_NAME", "generic")
-    assert not simd.host_has("avx512f") and not simd.host_has("sse2") and not screen_supported()
+    assert not simd.host_has("avx512f") and not simd.host_has("sse2")
+    assert not simd.compress_supported() and not screen_supported()
