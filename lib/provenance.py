@@ -60,10 +60,16 @@ def file_state(path: Path, known: FileState | None = None) -> FileState | None:
     return FileState(sha256_of(path), stat.st_size, stat.st_mtime_ns)
 
 
+#: Parts of ``lib/`` that no step imports: they aggregate and schedule runs, so editing them changes no
+#: step's results and must not rerun (retrain) every run of every study. ``tests/test_study.py`` checks
+#: that the steps never import them.
+NOT_STEP_CODE = ("lib/study/",)
+
+
 def code_digest(notebook: Path | None = None) -> str:
-    """One digest of the library (every ``lib/**/*.py``) and, if given, the notebook that runs a step."""
+    """One digest of the code a step runs (``lib/**/*.py`` but ``NOT_STEP_CODE``) and, if given, its notebook."""
     digest = hashlib.sha256()
-    files = sorted((PROJECT_ROOT / "lib").rglob("*.py"))
+    files = sorted(p for p in (PROJECT_ROOT / "lib").rglob("*.py") if not shown(p).startswith(NOT_STEP_CODE))
     for path in [*files, *([Path(notebook)] if notebook else [])]:
         digest.update(shown(path).encode())
         digest.update(b"\0")

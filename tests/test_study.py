@@ -69,10 +69,10 @@ def test_t_interval_leaves_out_unmeasured_values_and_needs_two():
 
 
 # --- the study file ------------------------------------------------------------------------------------------
-def test_the_committed_study_has_twenty_runs_of_both_demos():
+def test_the_committed_study_has_twenty_seeds_of_both_demos():
     spec = load_spec("demo-seeds")
     runs = spec.runs()
-    assert len(runs) == 20 and {r.dataset for r in runs} == {"demo", "demo-pruning-aware"}
+    assert len(runs) == 40 and {r.dataset for r in runs} == {"demo", "demo-pruning-aware"}
     assert runs[0].name == "demo-seed1" and runs[0].results_dir.parts[-4:] == (
         "studies",
         "demo-seeds",
@@ -136,8 +136,8 @@ def test_each_run_gets_its_seed_folders_and_only_the_parameters_its_notebooks_ha
 
 def test_runs_of_a_shared_dataset_wait_for_one_data_job_and_demo_runs_do_not(tmp_path):
     spec = load_spec(write_spec(tmp_path, TINY.replace("[demo]", "[demo, csaw-lab3]")))
-    data_jobs, run_jobs = jobs_for(spec, spec.runs())
-    assert [(tuple(r.name for r in j.runs), j.steps) for j in data_jobs] == [
+    data_jobs, run_jobs = jobs_for(spec, spec.runs(), threads=1)
+    assert [(tuple(r.name for r in j.runs), j.steps) for j in data_jobs.values()] == [
         (("csaw-lab3-seed1", "csaw-lab3-seed2"), (DATA,))
     ]
     assert {j.runs[0].name: j.steps for j in run_jobs} == {
@@ -150,7 +150,7 @@ def test_runs_of_a_shared_dataset_wait_for_one_data_job_and_demo_runs_do_not(tmp
 
 def test_a_run_whose_data_job_failed_keeps_that_failure_and_starts_nothing(tmp_path):
     spec = load_spec(write_spec(tmp_path, TINY.replace("[demo]", "[csaw-lab3]")))
-    _, run_jobs = jobs_for(spec, spec.runs())
+    _, run_jobs = jobs_for(spec, spec.runs(), threads=1)
     blocked = RunReport("csaw-lab3-seed1", ok=False, failure="01_data: cell 4 raised DownloadError", attempts=2)
     assert execute(run_jobs[0], [blocked]) == [blocked]
     assert not spec.runs()[0].results_dir.exists()

@@ -31,7 +31,7 @@ from lib.paths import StudyFiles, result_files, shown
 from lib.run_notebook import full_parameters
 from lib.steps.common import STEPS, SWEEP
 from lib.study.runner import read_info
-from lib.study.spec import Run, StudySpec, step_notebook
+from lib.study.spec import Run, StudySpec, grid_value, step_notebook
 from lib.study.stats import INTERVAL_FORMULA, INTERVAL_NAME, t_interval
 from lib.summary import model_rows
 from lib.tables import markdown_table
@@ -83,23 +83,32 @@ def is_complete(spec: StudySpec, run: Run) -> bool:
     return True
 
 
+def with_grid(columns: list[str], spec: StudySpec) -> list[str]:
+    """``columns`` with one column per grid parameter after ``seed`` (named after the parameter)."""
+    at = columns.index("seed") + 1
+    return [*columns[:at], *spec.grid, *columns[at:]]
+
+
 def run_table(spec: StudySpec, runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``runs.csv`` and ``sweeps.csv`` rows of these (complete) runs, in the study file's order."""
     models, sweeps = [], []
+    run_columns, sweep_columns = with_grid(RUN_COLUMNS, spec), with_grid(SWEEP_COLUMNS, spec)
     for run in runs:
         ws = workspace(run.dataset, run.data_dir, run.results_dir)
         info = read_info(run)
-        workers = [s["worker"] for s in info.values()]  # usually one; a CSAW run's data step may run elsewhere
+        workers = [s["worker"] for s in info.values()]  # usually one; a shared data step may run elsewhere
         seconds = sum(s["seconds"] for s in info.values()) if info else float("nan")
-        table = model_rows(ws).assign(study=spec.name, dataset=run.dataset, seed=run.seed)
+        labels = {"study": spec.name, "dataset": run.dataset, "seed": run.seed}
+        labels |= {k: grid_value(v) if isinstance(v, list | tuple) else v for k, v in run.grid}
+        table = model_rows(ws).assign(**labels)
         table["worker"] = " + ".join(dict.fromkeys(workers))
         table["seconds"] = round(seconds, 1)
         table["threads"] = " + ".join(dict.fromkeys(str(s["threads"]) for s in info.values()))
-        models.append(table[RUN_COLUMNS])
+        models.append(table[run_columns])
         provenance.require_current(ws.results, SWEEP, f"rerun the study: `python -m lib.study run {shown(spec.path)}`")
-        sweep = pd.read_csv(ws.results.sweep_csv).assign(study=spec.name, dataset=run.dataset, seed=run.seed)
-        sweeps.append(sweep[SWEEP_COLUMNS])
-    return _concat(models, RUN_COLUMNS), _concat(sweeps, SWEEP_COLUMNS)
+        sweep = pd.read_csv(ws.results.sweep_csv).assign(**labels)
+        sweeps.append(sweep[sweep_columns])
+    return _concat(models, run_columns), _concat(sweeps, sweep_columns)
 
 
 def _concat(tables: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

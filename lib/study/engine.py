@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dask
 import psutil
@@ -41,6 +42,7 @@ class StudyOutcome:
 
     reports: list[RunReport] = field(default_factory=list)
     current: list[str] = field(default_factory=list)
+    threads: int = 0  # every run's thread count, fixed when the study started (0: nothing ran)
 
     @property
     def failed(self) -> list[RunReport]:
@@ -132,23 +134,50 @@ def pending_runs(spec: StudySpec) -> tuple[list[Run], list[Run]]:
     return todo, current
 
 
-def jobs_for(spec: StudySpec, runs: list[Run]) -> tuple[list[Job], list[Job]]:
-    """Data jobs (one per CSAW dataset: its runs' data steps in turn) and run jobs (one per run).
+def jobs_for(spec: StudySpec, runs: list[Run], threads: int) -> tuple[dict[Path, Job], list[Job]]:
+    """Data jobs (one per shared data folder: its runs' data steps in turn) and run jobs (one per run).
 
-    A demo run is one job of five notebooks. A CSAW run's data step writes the dataset's shared folder,
-    which its other runs read: its other four notebooks wait for the dataset's data job.
+    A demo run without a grid is one job of five notebooks. Runs that share a data folder (a CSAW dataset's,
+    or a demo instance's across grid points) get it from one data job, which builds it at its first run and
+    only checks it at the others; their other four notebooks wait for it. Every job gets ``threads``.
     """
     params = {r.name: {s: spec.notebook_parameters(r, s) for s in STEPS} for r in runs}
-    data_jobs, run_jobs = [], []
-    for dataset in spec.datasets:
-        shared = [r for r in runs if r.dataset == dataset and not r.is_demo]
-        if shared:
-            shared_params = {r.name: params[r.name] for r in shared}
-            data_jobs.append(Job(tuple(shared), (DATA,), shared_params, spec.threads_per_run))
+    shared: dict[Path, list[Run]] = {}
     for run in runs:
-        steps = STEPS if run.is_demo else STEPS[1:]
-        run_jobs.append(Job((run,), steps, {run.name: params[run.name]}, spec.threads_per_run))
+        if run.shares_data:
+            shared.setdefault(run.data_dir, []).append(run)
+    data_jobs = {
+        folder: Job(tuple(group), (DATA,), {r.name: params[r.name] for r in group}, threads)
+        for folder, group in shared.items()
+    }
+    run_jobs = [
+        Job((run,), STEPS[1:] if run.shares_data else STEPS, {run.name: params[run.name]}, threads) for run in runs
+    ]
     return data_jobs, run_jobs
+
+
+def threads_for(spec: StudySpec, client) -> int:
+    """Every run's thread count, fixed once when the study starts: ``threads_per_run``, else the fewest cores
+    per worker slot over the cluster's hosts as they are now (a worker lost or added later changes nothing:
+    training results depend on the thread count)."""
+    if spec.threads_per_run:
+        return spec.threads_per_run
+    if not client.scheduler_info(n_workers=-1)["workers"]:
+        print("waiting for a worker to join, to fix every run's thread count", file=sys.stderr)
+        client.wait_for_workers(1)
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    cores = client.run(_cpu_count)
+    slots: dict[str, int] = {}
+    host_cores: dict[str, int] = {}
+    for address, info in workers.items():
+        host = info.get("host", address)
+        slots[host] = slots.get(host, 0) + info["nthreads"]
+        host_cores[host] = cores.get(address, CPU_COUNT)
+    return max(1, min(host_cores[h] // slots[h] for h in slots))
+
+
+def _cpu_count() -> int:
+    return CPU_COUNT
 
 
 def run_study(
@@ -161,6 +190,7 @@ def run_study(
     outcome = StudyOutcome(current=[r.name for r in current])
     if todo:
         with dask_client(scheduler, workers, spec.threads_per_run) as client:
+            outcome.threads = threads_for(spec, client)
             _fan_out(client, spec, todo, outcome, progress)
     return outcome
 
@@ -168,18 +198,16 @@ def run_study(
 def _fan_out(client, spec: StudySpec, todo: list[Run], outcome: StudyOutcome, progress: bool) -> None:
     from distributed import as_completed
 
-    data_jobs, run_jobs = jobs_for(spec, todo)
+    data_jobs, run_jobs = jobs_for(spec, todo, outcome.threads)
     tag = uuid.uuid4().hex[:8]
     data_futures = {
-        job.runs[0].dataset: client.submit(
-            execute, job, pure=False, retries=1, key=f"{spec.name}-data-{job.runs[0].dataset}-{tag}"
-        )
-        for job in data_jobs
+        folder: client.submit(execute, job, pure=False, retries=1, key=f"{spec.name}-data-{job.runs[0].name}-{tag}")
+        for folder, job in data_jobs.items()
     }
     futures = {}
     for job in run_jobs:
         run = job.runs[0]
-        earlier = data_futures.get(run.dataset, [])
+        earlier = data_futures.get(run.data_dir, []) if run.shares_data else []
         futures[client.submit(execute, job, earlier, pure=False, retries=1, key=f"{spec.name}-{run.name}-{tag}")] = job
     bar = tqdm(total=len(spec.runs()), initial=len(outcome.current), unit="run", desc=spec.name, disable=not progress)
     try:
@@ -214,9 +242,10 @@ def report_line(report: RunReport) -> str:
 def closing_lines(spec: StudySpec, outcome: StudyOutcome) -> list[str]:
     """The end of ``lib.study run``: what ran, then one line per failed run with the cell that failed."""
     ran = sum(1 for r in outcome.reports if r.ok and r.ran)
+    threads = f", {outcome.threads} thread(s) each" if outcome.threads else ""
     lines = [
-        f"study {spec.name}: {len(spec.runs())} runs; {ran} ran now, {len(outcome.current)} were up to date, "
-        f"{len(outcome.failed)} failed ({shown(spec.root)})"
+        f"study {spec.name}: {len(spec.runs())} runs; {ran} ran now{threads}, {len(outcome.current)} were up to "
+        f"date, {len(outcome.failed)} failed ({shown(spec.root)})"
     ]
     lines += [f"FAILED {r.run}: {r.failure}" for r in outcome.failed]
     return lines

@@ -8,8 +8,9 @@ step that writes that folder), then one job per run for the other four, reading 
   fixed cost of a run). Between notebooks the kernel's user namespace is reset (``%reset -f``, Keras
   session and figures cleared), so a notebook never sees another's variables; every notebook seeds
   itself at its top. The kernel starts only if a step is out of date.
-* Threads: TensorFlow's intra- and inter-op pools, OpenMP and BLAS get the run's share of its worker's
-  cores (``share_of_cores``), through the kernel's environment (this process's stays as it is).
+* Threads: TensorFlow's intra- and inter-op pools, OpenMP and BLAS get the job's thread count, fixed for
+  the whole study when it started (``lib.study.engine.threads_for``), through the kernel's environment
+  (this process's stays as it is).
 * A notebook that fails is kept as ``*.failed.ipynb`` and the run is retried once in a new kernel, from
   the step that failed (``lib.run_notebook`` skips the steps already current); the report names the cell.
 * ``study-run.json`` in the run's folder keeps, per step, the worker, threads and seconds of the time it
@@ -26,8 +27,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from dask.system import CPU_COUNT
 
 from lib import run_notebook
 from lib.atomic import write_text
@@ -62,7 +61,7 @@ class Job:
     runs: tuple[Run, ...]
     steps: tuple[str, ...]
     parameters: Mapping[str, Mapping[str, Mapping[str, Any]]]  # run name -> step -> notebook parameters
-    threads: int | None = None  # None: the worker's share of its host's cores
+    threads: int  # every job of a study gets the same: training results depend on it
 
 
 @dataclass
@@ -77,20 +76,6 @@ class RunReport:
     worker: str = ""
     threads: int = 0
     seconds: float = 0.0
-
-
-def share_of_cores() -> int:
-    """Threads for one run: the host's cores over the runs its Dask workers run at once (all cores outside Dask)."""
-    import distributed
-
-    try:
-        worker = distributed.get_worker()
-    except ValueError:
-        return CPU_COUNT
-    workers = distributed.get_client().scheduler_info(n_workers=-1)["workers"]
-    host = workers.get(worker.address, {}).get("host")
-    slots = sum(w["nthreads"] for w in workers.values() if w.get("host") == host) or worker.state.nthreads
-    return max(1, CPU_COUNT // slots)
 
 
 def worker_name() -> str:
@@ -176,7 +161,7 @@ def execute(job: Job, earlier: Sequence[RunReport] = ()) -> list[RunReport]:
 
     Never raises for a failing notebook: the report says what failed, so one run never stops the others.
     """
-    threads = job.threads or share_of_cores()
+    threads = job.threads
     worker = worker_name()
     env = pinned_env(threads)
     held = [p for run in job.runs for p in (run.data_dir, run.results_dir)]

@@ -1,14 +1,18 @@
 """A study file (``studies/<name>.yaml``): which runs make up a study, read and checked before anything runs.
 
-A run is one (dataset, seed) pair. For a demo the seed builds its own attack instance (``DemoRecipe.seed``:
-faces, poisoning, training) in the run's folder and seeds the notebooks; for a CSAW dataset the runs share
-``data/<dataset>`` and the seed only seeds what is random in the notebooks (fine-tuning). Every mistake in the
-file stops here with one message that names the key and the fix, instead of failing twenty runs later.
+A run is one (dataset, seed) pair, or with ``grid:`` one (dataset, seed, grid point) triple. For a demo the
+seed builds its own attack instance (``DemoRecipe.seed``: faces, poisoning, training) and seeds the
+notebooks; the runs of one dataset and seed share that instance (``Run.data_dir``), whatever their grid
+point, so that a grid compares settings on the same BadNet and builds it once. For a CSAW dataset the runs
+share ``data/<dataset>`` and the seed only seeds what is random in the notebooks (fine-tuning). Every
+mistake in the file stops here with one message that names the key and the fix, instead of failing twenty
+runs later.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,7 +29,7 @@ from lib.steps.common import DATA, STEPS
 #: Where study files live (``make study STUDY=<name>`` reads ``studies/<name>.yaml``).
 STUDIES = PROJECT_ROOT / "studies"
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-KEYS = ("name", "datasets", "seeds", "parameters", "demo_recipe", "threads_per_run")
+KEYS = ("name", "datasets", "seeds", "parameters", "grid", "contrasts", "demo_recipe", "threads_per_run")
 #: Notebook parameters the study sets for each run: a study file may not set them for all runs at once.
 PER_RUN = {
     "dataset": "list the dataset under datasets:",
@@ -64,17 +68,25 @@ def study_root(name: str) -> Path:
 
 @dataclass(frozen=True)
 class Run:
-    """One (dataset, seed) pair of a study, and the folders it reads and writes."""
+    """One (dataset, seed[, grid point]) run of a study, and the folders it reads and writes."""
 
     study: str
     dataset: str
     seed: int
     #: The study folder as the client resolved it; workers on other machines see it at the same path.
     root: Path = field(compare=False)
+    #: The run's grid point, ``((parameter, value), ...)`` in the study file's order; empty without a grid.
+    grid: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def instance(self) -> str:
+        """``<dataset>-seed<k>``: the attack instance, shared by the runs of every grid point."""
+        return f"{self.dataset}-seed{self.seed}"
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-seed{self.seed}"
+        """``demo-seed3``, or with a grid ``demo-seed3-learning_rate=0.01``: the run's folder and its label."""
+        return self.instance + "".join(f"-{k}={grid_value(v)}" for k, v in self.grid)
 
     @property
     def is_demo(self) -> bool:
@@ -86,8 +98,23 @@ class Run:
 
     @property
     def data_dir(self) -> Path:
-        """A demo's own attack instance inside the run's folder; a CSAW dataset's shared ``data/<dataset>``."""
-        return self.results_dir / "data" if self.is_demo else data_folder(self.dataset).resolve()
+        """A demo's attack instance (``runs/<dataset>-seed<k>/data``, shared by the grid points); a CSAW
+        dataset's shared ``data/<dataset>``."""
+        if self.is_demo:
+            return StudyFiles(self.root).runs / self.instance / "data"
+        return data_folder(self.dataset).resolve()
+
+    @property
+    def shares_data(self) -> bool:
+        """Whether other runs read its data folder: its data step then runs in a data job, before theirs."""
+        return not self.is_demo or bool(self.grid)
+
+
+def grid_value(value: Any) -> str:
+    """A grid value as a run's name shows it: ``0.01``, ``10``, ``True``, ``2-4-10`` for a list."""
+    if isinstance(value, list | tuple):
+        return "-".join(grid_value(v) for v in value)
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -100,17 +127,27 @@ class StudySpec:
     parameters: dict[str, Any]
     demo_recipe: dict[str, Any]
     path: Path
-    #: Threads of each run's TensorFlow, OpenMP and BLAS pools; None: its share of its worker's cores. Training
-    #: results depend on it: fixing it makes a study's numbers independent of the cluster's shape.
+    #: Threads of each run's TensorFlow, OpenMP and BLAS pools; None: fixed when the study starts, as the
+    #: cluster's cores over its workers (``lib.study.engine.threads_for``). Training results depend on it.
     threads_per_run: int | None = None
+    #: Notebook parameter -> the values it takes; the runs are datasets x seeds x every combination.
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    #: ``(model_a, model_b)`` pairs compared beside the standard family (``lib.study.contrasts``).
+    contrasts: tuple[tuple[str, str], ...] = ()
 
     @property
     def root(self) -> Path:
         return study_root(self.name).resolve()
 
+    def grid_points(self) -> list[tuple[tuple[str, Any], ...]]:
+        """Every combination of the grid's values, the first parameter slowest; ``[()]`` without a grid."""
+        names = list(self.grid)
+        return [tuple(zip(names, values, strict=True)) for values in itertools.product(*self.grid.values())]
+
     def runs(self) -> list[Run]:
-        """Every run, dataset by dataset in the file's order, seeds in the file's order."""
-        return [Run(self.name, d, s, self.root) for d in self.datasets for s in self.seeds]
+        """Every run: dataset by dataset, then seed by seed, then grid point by grid point, in the file's order."""
+        points = self.grid_points()
+        return [Run(self.name, d, s, self.root, g) for d in self.datasets for s in self.seeds for g in points]
 
     def notebook_parameters(self, run: Run, step: str) -> dict[str, Any]:
         """What ``run``'s notebook of ``step`` is given: the run's dataset, folders and seed, and the study's
@@ -122,7 +159,7 @@ class StudySpec:
             "seed": run.seed,
         }
         defaults = notebook_defaults(step)
-        params.update({k: v for k, v in self.parameters.items() if k in defaults})
+        params.update({k: v for k, v in [*self.parameters.items(), *run.grid] if k in defaults})
         if step == DATA and run.is_demo:
             params["demo_recipe"] = {**self.demo_recipe, "seed": run.seed}
         return params
@@ -158,6 +195,8 @@ def load_spec(study: str | Path) -> StudySpec:
     datasets = _datasets(data.get("datasets"), where)
     seeds = _seeds(data.get("seeds"), where)
     parameters = _parameters(data.get("parameters"), where)
+    grid = _grid(data.get("grid"), where, parameters)
+    contrasts = _contrasts(data.get("contrasts"), where)
     recipe = _demo_recipe(data.get("demo_recipe"), where, datasets, seeds)
     threads = data.get("threads_per_run")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -166,7 +205,7 @@ def load_spec(study: str | Path) -> StudySpec:
             f"{threads!r} is not a number of threads",
             "give a whole number >= 1, or leave the key out to give each run its share of its worker's cores",
         )
-    return StudySpec(name, datasets, seeds, parameters, recipe, path.resolve(), threads)
+    return StudySpec(name, datasets, seeds, parameters, recipe, path.resolve(), threads, grid, contrasts)
 
 
 def _name(data: dict, where: str, path: Path) -> str:
@@ -206,15 +245,21 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _known_parameters() -> dict[str, Any]:
+    """Every notebook parameter of the steps, with its default."""
+    known: dict[str, Any] = {}
+    for step in STEPS:
+        for name, default in notebook_defaults(step).items():
+            known.setdefault(name, default)
+    return known
+
+
 def _parameters(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise InputError(f"{where}: parameters", "must be a mapping of notebook parameters", "e.g. {thresholds: [2]}")
-    known: dict[str, Any] = {}
-    for step in STEPS:
-        for name, default in notebook_defaults(step).items():
-            known.setdefault(name, default)
+    known = _known_parameters()
     _refuse_keys(
         f"{where}: parameters",
         value,
@@ -225,13 +270,67 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
         "use parameters of the notebooks",
     )
     for name, v in value.items():
-        if not _same_kind(v, known[name]):
-            raise InputError(
-                f"{where}: parameters: {name}",
-                f"{v!r} is not a {type(known[name]).__name__} like its default",
-                f"give a value like the notebooks' default {known[name]!r}",
-            )
+        _check_kind(f"{where}: parameters: {name}", v, known[name])
     return dict(value)
+
+
+def _check_kind(section: str, value: Any, default: Any) -> None:
+    if not _same_kind(value, default):
+        raise InputError(
+            section,
+            f"{value!r} is not a {type(default).__name__} like its default",
+            f"give a value like the notebooks' default {default!r}",
+        )
+
+
+def _grid(value: Any, where: str, parameters: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """``grid:``: notebook parameter -> a non-empty list of distinct values of its kind."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise InputError(f"{where}: grid", "must be a mapping of notebook parameters to lists", _GRID_EXAMPLE)
+    known = _known_parameters()
+    _refuse_keys(
+        f"{where}: grid",
+        value,
+        PER_RUN,
+        "is set by the study for each run",
+        set(known),
+        "no notebook has this parameter",
+        "use parameters of the notebooks",
+    )
+    grid = {}
+    for name, values in value.items():
+        section = f"{where}: grid: {name}"
+        if name in parameters:
+            raise InputError(section, "is also set under parameters:", "give it under grid: or parameters:, not both")
+        if not isinstance(values, list) or not values:
+            raise InputError(section, "must be a non-empty list of values", _GRID_EXAMPLE)
+        for v in values:
+            _check_kind(section, v, known[name])
+        if len({repr(v) for v in values}) != len(values):
+            raise InputError(section, "lists a value twice", "list each value once")
+        grid[name] = tuple(values)
+    return grid
+
+
+_GRID_EXAMPLE = "e.g. grid: {learning_rate: [0.0001, 0.001, 0.01]}"
+
+
+def _contrasts(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """``contrasts:``: extra ``[model_a, model_b]`` pairs, compared as a - b per seed."""
+    if value is None:
+        return ()
+    pairs = value if isinstance(value, list) else None
+    if pairs is None or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(m, str) for m in p) and p[0] != p[1] for p in pairs
+    ):
+        raise InputError(
+            f"{where}: contrasts",
+            "must be a list of [model_a, model_b] pairs of two different model names",
+            "e.g. contrasts: [[FP_10%, FT]]",
+        )
+    return tuple((a, b) for a, b in pairs)
 
 
 def _refuse_keys(
