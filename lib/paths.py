@@ -98,6 +98,8 @@ class StudyFiles:
     sweeps_csv = _under_root("sweeps.csv")
     summary_csv = _under_root("summary.csv")
     summary_md = _under_root("summary.md")
+    contrasts_csv = _under_root("contrasts.csv", "Paired differences between models of the same runs, and verdicts.")
+    contrasts_md = _under_root("contrasts.md")
 
     def figure(self, name: str) -> Path:
         return self.root / "figures" / f"{name}.png"

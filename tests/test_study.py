@@ -1,9 +1,11 @@
-"""Multi-seed studies: the study file, the interval, and tiny studies on a local and on a hand-started Dask cluster."""
+"""Multi-seed studies: the study file, aggregation, and tiny studies on a local and on a hand-started Dask cluster.
+
+The interval, the paired test and the contrasts have their own tests: ``tests/test_study_contrasts.py``.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -25,11 +27,12 @@ from lib.paths import PROJECT_ROOT, StudyFiles
 from lib.steps.common import DATA, STEPS
 from lib.study import load_spec
 from lib.study.aggregate import RUN_COLUMNS, summarize, summary_table
+from lib.study.contrasts import contrast_table
 from lib.study.engine import jobs_for
 from lib.study.reading import read_study
 from lib.study.runner import RunReport, SharedKernel, execute, pinned_env
 from lib.study.spec import step_notebook
-from lib.study.stats import t_interval
+from lib.study.stats import INTERVAL_NAME, interval
 
 TINY_RECIPE = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
 NUMBERS = ["study", "dataset", "seed", "model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"]
@@ -50,22 +53,6 @@ seeds: [1, 2]
 parameters: {{thresholds: [2, 4, 10], epochs: 2}}
 demo_recipe: {TINY_RECIPE}
 """
-
-
-# --- the interval --------------------------------------------------------------------------------------------
-def test_t_interval_of_a_known_sample_is_the_textbook_one():
-    # 1..5: mean 3, s = sqrt(2.5); the t table gives t(0.975, 4) = 2.776, so 3 ± 2.776 * sqrt(2.5) / sqrt(5)
-    interval = t_interval([1, 2, 3, 4, 5])
-    half = 2.776 * math.sqrt(2.5) / math.sqrt(5)
-    assert interval.n == 5 and interval.mean == pytest.approx(3) and interval.sd == pytest.approx(math.sqrt(2.5))
-    assert interval.low == pytest.approx(3 - half, abs=1e-3) and interval.high == pytest.approx(3 + half, abs=1e-3)
-
-
-def test_t_interval_leaves_out_unmeasured_values_and_needs_two():
-    assert t_interval([4.0, float("nan"), 6.0]).n == 2
-    single = t_interval([7.0])
-    assert single.mean == 7.0 and math.isnan(single.low) and math.isnan(single.high)
-    assert t_interval([5.0, 5.0, 5.0]).bounds == (5.0, 5.0)
 
 
 # --- the study file ------------------------------------------------------------------------------------------
@@ -183,17 +170,22 @@ def test_summary_gives_each_model_its_mean_and_interval():
     summary = summary_table(_runs([90, 92, 94], [10, 20, 30])).set_index("model")
     assert list(summary.index) == ["B", "B'_4%", "FT", "FP_4%"]
     fine = summary.loc["FP_4%"]
-    expected = t_interval([10, 20, 30])
+    expected = interval([10, 20, 30])
     assert fine["n"] == 3 and fine["attack_success_rate_mean"] == pytest.approx(20)
     assert (fine["attack_success_rate_ci_low"], fine["attack_success_rate_ci_high"]) == pytest.approx(expected.bounds)
     assert fine["clean_accuracy_mean"] == pytest.approx(99.0)
 
 
-def test_reading_says_which_intervals_overlap():
-    apart = read_study(summary_table(_runs([90, 92, 94], [10, 12, 14])))
-    assert "B'_4%) 92.0 %" in apart and "do not overlap: lower beyond the spread" in apart
-    close = read_study(summary_table(_runs([30, 60, 90], [20, 50, 80])))
-    assert "intervals overlap: within the spread of the seeds" in close
+def test_reading_gives_the_paired_verdicts():
+    # eight seeds, FP_4% below B'_4% and FT in every one: each p = 2/256, Holm over 3 contrasts 0.023 < 0.05
+    runs = _runs([90, 92, 94, 96, 91, 93, 95, 97], [10, 12, 14, 16, 11, 13, 15, 17])
+    reading = read_study(summary_table(runs), contrast_table(runs))
+    assert "FP_4% - B'_4%: -80.0 points" in reading and "FP_4% - FT: -66.5 points" in reading
+    assert "lower in 8 of 8 seeds: lower" in reading and "overlap" not in reading
+    close = _runs([30, 60, 90], [20, 50, 80])  # three seeds: no p below 0.25, whatever the differences
+    assert "lower in 3 of 3 seeds: not separated by these seeds" in read_study(
+        summary_table(close), contrast_table(close)
+    )
 
 
 # --- tiny studies on Dask ------------------------------------------------------------------------------------
@@ -315,8 +307,11 @@ def test_the_aggregates_hold_every_model_of_every_run(local_study):
     assert (summary["n"] <= 2).all() and (summary.loc[summary["model"] == "B", "n"] == 2).all()
     assert (summary["attack_success_rate_ci_low"] <= summary["attack_success_rate_mean"]).all()
     assert len(pd.read_csv(files.sweeps_csv)) == 2 * 61
-    assert files.figure("thresholds").stat().st_size > 10_000 and files.figure("sweeps").stat().st_size > 10_000
-    assert "95 % Student t-interval" in files.summary_md.read_text()
+    for name in ("thresholds", "sweeps", "pairs", "forest"):
+        assert files.figure(name).stat().st_size > 10_000, name
+    assert INTERVAL_NAME in files.summary_md.read_text() and INTERVAL_NAME in files.contrasts_md.read_text()
+    contrasts = pd.read_csv(files.contrasts_csv)
+    assert (contrasts["n"] <= 2).all() and {"FP_2%", "B'_2%"} <= set(contrasts["model_a"])
 
 
 @pytest.mark.slow
@@ -332,6 +327,7 @@ def test_the_committed_aggregates_alone_give_the_same_summary(local_study, tmp_p
     from_files = summarize(load_spec(local_study.spec), write=True)
     assert from_runs.source == "runs" and from_files.source == "files" and from_files.written == []
     pd.testing.assert_frame_equal(from_files.summary, from_runs.summary)
+    pd.testing.assert_frame_equal(from_files.contrasts, from_runs.contrasts)
 
 
 @pytest.mark.slow
@@ -347,9 +343,9 @@ def test_notebook_06_shows_the_tables_figures_and_reading(local_study, tmp_path,
         progress_bar=False,
     )
     outputs = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4
     text = "\n".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
-    assert "read from the runs' folders" in text and "FP_4%" in text and "overlap" in text
+    assert "read from the runs' folders" in text and "FP_4% - FT" in text and "not separated by these seeds" in text
 
 
 # --- the same study on a cluster started by hand -------------------------------------------------------------

@@ -1,13 +1,17 @@
-"""A study's aggregates: every run's models in one table, and per dataset and model a mean with its interval.
+"""A study's aggregates: every run's models in one table, per dataset and model a mean with its interval, and
+the paired contrasts that give the study's verdicts.
 
 Files under ``results/studies/<name>/`` (committed; the runs themselves are not):
 
 * ``runs.csv``: one row per run and model (``RUN_COLUMNS``), test data, percent; ``worker`` and ``seconds``
   say where and how long the run ran (kept from when it actually ran, so a resumed study writes the same file);
 * ``sweeps.csv``: every run's pruning sweep (validation data), so that the figures can be redrawn without the runs;
-* ``summary.csv`` / ``summary.md``: per dataset and model, ``n``, mean, standard deviation and the
+* ``summary.csv`` / ``summary.md``: per dataset (grid point) and model, ``n``, mean, standard deviation and the
   ``lib.study.stats`` interval of clean accuracy and ASR;
-* ``figures/thresholds.png``, ``figures/sweeps.png`` (``lib.study.figures``).
+* ``contrasts.csv`` / ``contrasts.md``: the paired differences between models of the same runs, with their
+  intervals, exact Wilcoxon p-values, Holm's adjustment and verdicts (``lib.study.contrasts``);
+* ``figures/thresholds.png``, ``figures/sweeps.png``, ``figures/pairs.png`` (every seed's models joined),
+  ``figures/forest.png`` (the contrasts) (``lib.study.figures``).
 
 A file is written only when its content changes. The tables come from the runs' folders when their results
 are complete for the study file; where no run is (a fresh clone), from the committed ``runs.csv`` and
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +35,10 @@ from lib.errors import InputError
 from lib.paths import StudyFiles, result_files, shown
 from lib.run_notebook import full_parameters
 from lib.steps.common import STEPS, SWEEP
+from lib.study.contrasts import METRICS, contrast_table, contrasts_markdown
 from lib.study.runner import read_info
 from lib.study.spec import Run, StudySpec, grid_value, step_notebook
-from lib.study.stats import INTERVAL_FORMULA, INTERVAL_NAME, t_interval
+from lib.study.stats import INTERVAL_DESCRIPTION, INTERVAL_NAME, interval
 from lib.summary import model_rows
 from lib.tables import markdown_table
 from lib.workspace import workspace
@@ -51,7 +57,6 @@ RUN_COLUMNS = [
     "threads",
 ]
 SWEEP_COLUMNS = ["study", "dataset", "seed", "pruned", "fraction", "clean_accuracy", "attack_success_rate"]
-METRICS = {"clean_accuracy": "clean accuracy", "attack_success_rate": "ASR"}
 
 
 @dataclass
@@ -62,6 +67,7 @@ class StudySummary:
     runs: pd.DataFrame  # runs.csv
     sweeps: pd.DataFrame  # sweeps.csv
     summary: pd.DataFrame  # summary.csv
+    contrasts: pd.DataFrame  # contrasts.csv
     figures: dict[str, Figure]
     missing: list[str] = field(default_factory=list)  # runs of the file without complete results
     source: str = "runs"  # "runs": the run folders; "files": the committed runs.csv and sweeps.csv
@@ -115,20 +121,22 @@ def _concat(tables: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
 
 
-def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and model (in the order they first appear): ``n``, mean channels pruned, and per metric its
-    mean, standard deviation and interval bounds."""
+def summary_table(runs: pd.DataFrame, grid: Sequence[str] = ()) -> pd.DataFrame:
+    """Per dataset, grid point (one column per parameter in ``grid``) and model, in the order they first appear:
+    ``n``, mean channels pruned, and per metric its mean, standard deviation and interval bounds."""
+    keys = ["dataset", *grid, "model"]
     rows = []
-    for (dataset, model), group in runs.groupby(["dataset", "model"], sort=False):
-        row = {"dataset": dataset, "model": model, "threshold": group["threshold"].iloc[0], "n": len(group)}
+    for values, group in runs.groupby(keys, sort=False):
+        row = dict(zip(keys, values, strict=True))
+        row |= {"threshold": group["threshold"].iloc[0], "n": len(group)}
         row["channels_pruned_mean"] = group["channels_pruned"].mean()
         for metric in METRICS:
-            interval = t_interval(group[metric])
+            i = interval(group[metric])
             row |= {
-                f"{metric}_mean": interval.mean,
-                f"{metric}_sd": interval.sd,
-                f"{metric}_ci_low": interval.low,
-                f"{metric}_ci_high": interval.high,
+                f"{metric}_mean": i.mean,
+                f"{metric}_sd": i.sd,
+                f"{metric}_ci_low": i.low,
+                f"{metric}_ci_high": i.high,
             }
         rows.append(row)
     return pd.DataFrame(rows)
@@ -139,6 +147,7 @@ def summary_markdown(spec: StudySpec, summary: pd.DataFrame, runs: pd.DataFrame)
     shown_table = pd.DataFrame(
         {
             "dataset": summary["dataset"],
+            **{g: summary[g] for g in spec.grid},
             "model": summary["model"],
             "n": summary["n"],
             "channels pruned": summary["channels_pruned_mean"],
@@ -149,16 +158,20 @@ def summary_markdown(spec: StudySpec, summary: pd.DataFrame, runs: pd.DataFrame)
         shown_table[f"{label} 95 % CI"] = [
             _bounds(lo, hi) for lo, hi in zip(summary[f"{metric}_ci_low"], summary[f"{metric}_ci_high"], strict=True)
         ]
-    n_runs = len(runs.groupby(["dataset", "seed"]))
+    n_runs = len(runs.groupby(["dataset", "seed", *spec.grid]))
     threads = ", ".join(dict.fromkeys(runs["threads"].astype(str)))
     head = (
         f"# Study `{spec.name}`: {n_runs} of {len(spec.runs())} runs "
-        f"({len(spec.datasets)} dataset(s) x {len(spec.seeds)} seeds)\n\n"
-        f"Test data, percent: the mean over the seeds and its {INTERVAL_NAME} ({INTERVAL_FORMULA}). "
+        f"({len(spec.datasets)} dataset(s) x {len(spec.seeds)} seeds{_points(spec)})\n\n"
+        f"Test data, percent: the mean over the seeds and its {INTERVAL_NAME} ({INTERVAL_DESCRIPTION}). "
         "`n` counts the runs that have the model (a threshold that never fired leaves no B'); channels pruned "
         f"is their mean. Each run's TensorFlow used {threads} thread(s): training results depend on it.\n\n"
     )
     return head + markdown_table(shown_table)
+
+
+def _points(spec: StudySpec) -> str:
+    return f" x {len(spec.grid_points())} grid points" if spec.grid else ""
 
 
 def _number(value: float) -> str:
@@ -175,7 +188,7 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
     From the run folders where any run is complete (the others are listed as missing), else from the
     committed ``runs.csv``/``sweeps.csv``. Files are never rewritten from themselves.
     """
-    from lib.study.figures import sweep_figure, threshold_figure
+    from lib.study.figures import forest_figure, pairs_figure, sweep_figure, threshold_figure
 
     files = StudyFiles(spec.root)
     all_runs = spec.runs()
@@ -193,9 +206,15 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
             "not found, and no run of the study has complete results",
             f"run the study first: `python -m lib.study run {shown(spec.path)}` (or `make study STUDY={spec.name}`)",
         )
-    summary = summary_table(runs)
-    figures = {"thresholds": threshold_figure(runs), "sweeps": sweep_figure(sweeps)}
-    result = StudySummary(spec, runs, sweeps, summary, figures, missing, source)
+    grid = list(spec.grid)
+    summary, contrasts = summary_table(runs, grid), contrast_table(runs, spec.contrasts, grid)
+    figures = {
+        "thresholds": threshold_figure(runs, grid),
+        "sweeps": sweep_figure(sweeps, grid),
+        "pairs": pairs_figure(runs, grid),
+        "forest": forest_figure(contrasts),
+    }
+    result = StudySummary(spec, runs, sweeps, summary, contrasts, figures, missing, source)
     if write and source == "runs":
         result.written = _write(files, spec, result)
     return result
@@ -207,6 +226,8 @@ def _write(files: StudyFiles, spec: StudySpec, result: StudySummary) -> list[Pat
         files.sweeps_csv: _csv(result.sweeps),
         files.summary_csv: _csv(result.summary),
         files.summary_md: summary_markdown(spec, result.summary, result.runs),
+        files.contrasts_csv: _csv(result.contrasts),
+        files.contrasts_md: contrasts_markdown(result.contrasts),
     }
     contents = {path: text.encode("utf-8") for path, text in texts.items()}
     with tempfile.TemporaryDirectory() as tmp:
