@@ -31,7 +31,7 @@ import pandas as pd
 
 from lib import provenance, rows
 from lib.catalog import DEMO_DATASETS
-from lib.paths import PROJECT_ROOT, ResultFiles, result_files, studies_root
+from lib.paths import PROJECT_ROOT, ResultFiles, result_files
 from lib.steps.common import FINE_PRUNING
 
 #: Relative tolerance for floats that are not counts (mean activations): float32 kernels of other processors
@@ -94,11 +94,13 @@ def read_committed(path: Path) -> bytes | None:
 
 
 def _study_ranges() -> pd.DataFrame | None:
-    """Per dataset and model, the range of the committed study's runs (``results/studies/*/runs.csv``)."""
-    found = sorted(studies_root().glob("*/runs.csv"))
-    if not found:
+    """Per dataset and model, the range of the committed studies' runs of the default pipeline (other settings
+    and other grid points left out: ``lib.study.aggregate.default_setting_runs``)."""
+    from lib.study.aggregate import default_setting_runs
+
+    runs = default_setting_runs()
+    if runs is None:
         return None
-    runs = pd.concat([pd.read_csv(p) for p in found], ignore_index=True)
     return runs.groupby(["dataset", "model"])[["clean_accuracy", "attack_success_rate"]].agg(["min", "max", "count"])
 
 

@@ -170,20 +170,45 @@ def test_a_grid_study_on_a_hand_started_cluster_gives_the_local_numbers(local_gr
     assert set(cluster["threads"]) == set(local["threads"])
 
 
-def test_no_step_imports_the_study_package_so_its_code_is_not_step_code():
-    """``lib.provenance.NOT_STEP_CODE`` leaves ``lib/study`` out of each step's code digest: editing how a study
-    is scheduled or summarized must not mark every run of every study out of date."""
-    import subprocess
-    import sys
+def test_no_step_code_imports_the_commands_left_out_of_its_digest():
+    """``lib.provenance.NOT_STEP_CODE`` leaves the commands (studies, verify, summary, eval) out of each step's code
+    digest: editing how a study is summarized must not mark every run of every study out of date. So no other
+    module of ``lib/`` may import them, at its top or inside a function."""
+    import ast
 
     from lib.paths import PROJECT_ROOT
     from lib.provenance import NOT_STEP_CODE
 
-    code = (
-        "import sys, lib.pipeline, lib.run_notebook\n"
-        "import lib.steps.data, lib.steps.activations, lib.steps.pruning_sweep, lib.steps.goodnet, "
-        "lib.steps.fine_pruning\n"
-        "print(sorted(m for m in sys.modules if m.startswith('lib.study')))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]" and NOT_STEP_CODE == ("lib/study/",)
+    left_out = [p.removesuffix("/").removesuffix(".py").replace("/", ".") for p in NOT_STEP_CODE]
+    found = []
+    for path in sorted((PROJECT_ROOT / "lib").rglob("*.py")):
+        shown = path.relative_to(PROJECT_ROOT).as_posix()
+        if shown.startswith(NOT_STEP_CODE):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            found += [f"{shown}: {n}" for n in names if any(n == m or n.startswith(m + ".") for m in left_out)]
+    assert left_out == ["lib.study", "lib.verify", "lib.summary", "lib.eval"] and found == []
+
+
+def test_make_verify_compares_a_fresh_run_with_the_default_setting_only():
+    """The grid study's other learning rates ran another pipeline: ``make verify``'s spread leaves them out."""
+    from lib.paths import studies_root
+    from lib.study.aggregate import default_setting_runs
+
+    runs = default_setting_runs()
+    seeds = pd.read_csv(studies_root() / "demo-seeds" / "runs.csv")
+    assert len(runs[runs["study"] == "demo-seeds"]) == len(seeds)
+    grid_file = studies_root() / "demo-fine-tuning" / "runs.csv"
+    if grid_file.is_file():
+        grid = pd.read_csv(grid_file)
+        default = load_spec("demo-fine-tuning").grid["learning_rate"][1]
+        assert (
+            default == 0.001
+            and len(runs[runs["study"] == "demo-fine-tuning"]) == (grid["learning_rate"] == default).sum()
+        )

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from lib import plots, provenance
 from lib.atomic import write_bytes
 from lib.errors import InputError
-from lib.paths import StudyFiles, result_files, shown
+from lib.paths import StudyFiles, result_files, shown, studies_root
 from lib.run_notebook import full_parameters
 from lib.steps.common import STEPS, SWEEP
 from lib.study.contrasts import METRICS, contrast_table, contrasts_markdown
@@ -115,6 +115,29 @@ def run_table(spec: StudySpec, runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFr
         sweep = pd.read_csv(ws.results.sweep_csv).assign(**labels)
         sweeps.append(sweep[sweep_columns])
     return _concat(models, run_columns), _concat(sweeps, sweep_columns)
+
+
+def default_setting_runs() -> pd.DataFrame | None:
+    """Every committed study's ``runs.csv`` rows that ran the notebooks' default parameters (None: no study).
+
+    A study that sets a parameter to another value than its notebook's default ran another pipeline, and a
+    grid study's other grid points too: ``make verify`` compares a fresh default run with this spread only.
+    """
+    from lib.study.spec import load_spec, notebook_defaults, spec_path
+
+    tables = []
+    for path in sorted(studies_root().glob("*/runs.csv")):
+        if not spec_path(path.parent.name).is_file():
+            continue  # the study file is gone: what it ran cannot be told
+        spec = load_spec(path.parent.name)
+        defaults = {k: v for step in STEPS for k, v in notebook_defaults(step).items()}
+        if any(defaults.get(k) != v for k, v in spec.parameters.items()):
+            continue
+        runs = pd.read_csv(path)
+        for name in spec.grid:
+            runs = runs[runs[name] == defaults[name]]
+        tables.append(runs[RUN_COLUMNS])
+    return pd.concat(tables, ignore_index=True) if tables else None
 
 
 def _concat(tables: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
