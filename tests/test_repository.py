@@ -132,10 +132,17 @@ def test_readme_demo_table_quotes_the_committed_results():
             assert acc == f"{row['clean_accuracy']:.2f}" and asr == f"{row['attack_success_rate']:.2f}", model
 
 
-def _study_summary():
+STUDIES = ("demo-seeds", "demo-fine-tuning")
+
+
+def _study_file(study: str, name: str):
     import pandas as pd
 
-    return pd.read_csv(PROJECT_ROOT / "results" / "studies" / "demo-seeds" / "summary.csv")
+    return pd.read_csv(PROJECT_ROOT / "results" / "studies" / study / name)
+
+
+def _study_summary():
+    return _study_file("demo-seeds", "summary.csv")
 
 
 def test_readme_study_table_quotes_the_study_summary():
@@ -153,19 +160,46 @@ def test_readme_study_table_quotes_the_study_summary():
                 assert cell == expected, (dataset, model, metric)
 
 
-def test_every_interval_the_readme_quotes_is_in_the_study_summary():
-    """The claims of the demo section name means and intervals: each `m % [l, h]` is one of summary.csv's."""
-    summary = _study_summary()
-    known = {
-        f"{r[m + '_mean']:.1f} % [{r[m + '_ci_low']:.1f}, {r[m + '_ci_high']:.1f}]"
-        for _, r in summary.iterrows()
-        for m in ("clean_accuracy", "attack_success_rate")
-    }
+def _demo_section() -> str:
+    """The prose of the README's demo results (tables left out), as one line: sentences wrap across lines."""
     text = (PROJECT_ROOT / "README.md").read_text()
     section = text.split("## Results on the demo scenarios")[1].split("\n## ")[0]
-    quoted = re.findall(r"-?\d+\.\d % \[-?\d+\.\d, -?\d+\.\d\]", section)
+    return " ".join(" ".join(line for line in section.splitlines() if not line.startswith("|")).split())
+
+
+#: A verdict sentence of ``lib.study.contrasts.verdict_sentence``, as the README quotes them.
+VERDICT = re.compile(
+    r"[^\s:`]+(?: at [^:]+?)? - [^\s:`]+: -?\+?\d+\.\d points (?:\[-?\d+\.\d, -?\d+\.\d\]|\(one seed: no interval\)), "
+    r"Holm p = [^,]+, [^:]+: (?:lower|higher|not separated by these seeds)(?: \(could detect about ±\d+\.\d points\))?"
+)
+
+
+def test_every_verdict_the_readme_states_is_the_paired_tests():
+    """Each verdict sentence of the demo section is one that contrasts.csv of a committed study gives, word for
+    word (difference, interval, Holm p, seeds, verdict): the README cannot claim what the paired test did not."""
+    from lib.study.contrasts import verdict_sentence
+
+    known = {verdict_sentence(row) for study in STUDIES for _, row in _study_file(study, "contrasts.csv").iterrows()}
+    quoted = VERDICT.findall(_demo_section())
+    assert len(quoted) >= 8, "the demo section states too few verdicts"
+    assert [q for q in quoted if q not in known] == [], "verdicts that are not in contrasts.csv"
+
+
+def test_every_interval_the_readme_quotes_is_in_a_study_summary():
+    """The claims of the demo section name means and intervals: each `m % [l, h]` is one of summary.csv's, and
+    no other percentage with a decimal stands in the prose (outside the tables, which are checked above)."""
+    known = {
+        f"{r[m + '_mean']:.1f} % [{r[m + '_ci_low']:.1f}, {r[m + '_ci_high']:.1f}]"
+        for study in STUDIES
+        for _, r in _study_file(study, "summary.csv").iterrows()
+        for m in ("clean_accuracy", "attack_success_rate")
+    }
+    prose = VERDICT.sub("", _demo_section())
+    quoted = re.findall(r"-?\d+\.\d % \[-?\d+\.\d, -?\d+\.\d\]", prose)
     assert quoted, "the demo section quotes no interval"
     assert not [q for q in quoted if q not in known], "intervals that are not in summary.csv"
+    bare = re.findall(r"\d+\.\d %(?! \[)", prose)
+    assert bare == [], "percentages without their interval"
 
 
 def test_readme_what_is_where_names_files_that_exist():

@@ -197,18 +197,20 @@ def test_no_step_code_imports_the_commands_left_out_of_its_digest():
 
 
 def test_make_verify_compares_a_fresh_run_with_the_default_setting_only():
-    """The grid study's other learning rates ran another pipeline: ``make verify``'s spread leaves them out."""
+    """A study that sets a parameter away from its notebook's default, or a grid study's other points, ran another
+    pipeline: ``make verify``'s spread leaves them out."""
     from lib.paths import studies_root
     from lib.study.aggregate import default_setting_runs
+    from lib.study.spec import notebook_defaults
 
     runs = default_setting_runs()
     seeds = pd.read_csv(studies_root() / "demo-seeds" / "runs.csv")
     assert len(runs[runs["study"] == "demo-seeds"]) == len(seeds)
+    spec = load_spec("demo-fine-tuning")
     grid_file = studies_root() / "demo-fine-tuning" / "runs.csv"
     if grid_file.is_file():
         grid = pd.read_csv(grid_file)
-        default = load_spec("demo-fine-tuning").grid["learning_rate"][1]
-        assert (
-            default == 0.001
-            and len(runs[runs["study"] == "demo-fine-tuning"]) == (grid["learning_rate"] == default).sum()
-        )
+        defaults = {k: v for step in STEPS for k, v in notebook_defaults(step).items()}
+        at_default = all(defaults[k] == v for k, v in spec.parameters.items())
+        expected = (grid["learning_rate"] == defaults["learning_rate"]).sum() if at_default else 0
+        assert len(runs[runs["study"] == "demo-fine-tuning"]) == expected
