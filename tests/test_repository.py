@@ -170,7 +170,8 @@ def _demo_section() -> str:
 #: A verdict sentence of ``lib.study.contrasts.verdict_sentence``, as the README quotes them.
 VERDICT = re.compile(
     r"[^\s:`]+(?: at [^:]+?)? - [^\s:`]+: -?\+?\d+\.\d points (?:\[-?\d+\.\d, -?\d+\.\d\]|\(one seed: no interval\)), "
-    r"Holm p = [^,]+, [^:]+: (?:lower|higher|not separated by these seeds)(?: \(could detect about ±\d+\.\d points\))?"
+    r"Holm p = [^,]+, [^:]+: (?:lower|higher|not separated by these seeds)"
+    r"(?: \((?:could detect about ±\d+\.\d points|the interval excludes 0, but the adjusted test does not reject)\))?"
 )
 
 

@@ -181,9 +181,9 @@ def test_reading_gives_the_paired_verdicts():
     runs = _runs([90, 92, 94, 96, 91, 93, 95, 97], [10, 12, 14, 16, 11, 13, 15, 17])
     reading = read_study(summary_table(runs), contrast_table(runs))
     assert "FP_4% - B'_4%: -80.0 points" in reading and "FP_4% - FT: -66.5 points" in reading
-    assert "lower in 8 of 8 seeds: lower" in reading and "overlap" not in reading
+    assert "lower in 8, higher in 0 of 8 seeds: lower" in reading and "overlap" not in reading
     close = _runs([30, 60, 90], [20, 50, 80])  # three seeds: no p below 0.25, whatever the differences
-    assert "lower in 3 of 3 seeds: not separated by these seeds" in read_study(
+    assert "lower in 3, higher in 0 of 3 seeds: not separated by these seeds" in read_study(
         summary_table(close), contrast_table(close)
     )
 

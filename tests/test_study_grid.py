@@ -162,7 +162,7 @@ def test_a_grid_study_on_a_hand_started_cluster_gives_the_local_numbers(local_gr
     spec, local_results, _, _ = local_grid
     done = study_command(spec, tmp_path / "results", "--scheduler", hand_started_cluster)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "1 thread(s) each" in done.stdout
+    assert "; every run with 1 thread(s)" in done.stdout
     cluster = pd.read_csv(tmp_path / "results" / "studies" / "tiny" / "runs.csv")
     local = pd.read_csv(local_results / "studies" / "tiny" / "runs.csv")
     columns = [*NUMBERS, "learning_rate"]

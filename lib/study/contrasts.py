@@ -7,7 +7,9 @@ own draw (how strong its backdoor is, how its fine-tuning went) cancels out of t
 
 * the mean difference and its interval (``lib.study.stats``, the same interval as every other);
 * the exact two-sided Wilcoxon signed-rank p-value (zero differences dropped), and Holm's adjustment over its
-  family: one dataset, metric and grid point; between grid points, one dataset and metric;
+  family: one dataset, metric and grid point; between grid points, one dataset and metric. A contrast whose
+  differences are all zero (G_t - B'_t where B is right on every clean image, say) cannot be rejected whatever
+  the signs: it keeps p = 1 and is not counted in its family's size, so it dilutes nothing;
 * how many seeds put a below and above b (ties: neither), and the verdict of ``verdict``.
 
 The standard family, from the thresholds in the data: each B'_t - B, G_t - B'_t, FP_t - FT, FP_t - B'_t,
@@ -15,7 +17,10 @@ GFP_t - FP_t, then consecutive thresholds (B'_4% - B'_2%, ..., the same for FP),
 pairs. With a grid, each model is also compared between consecutive values of each grid parameter (the others
 held), larger minus smaller: these rows hold a's value in the parameter's column and b's in ``<param>_b``. A
 model that no grid step changes in any seed (B, when the grid is a fine-tuning parameter) is left out there:
-its test has p = 1 whatever the signs, and would only dilute Holm's adjustment.
+its test has p = 1 whatever the signs.
+
+Differences are rounded to ``stats.DECIMALS`` once, before anything is computed from them: two rates that are
+the same count of images may differ in their last float bits, and must be a zero, not a win.
 """
 
 from __future__ import annotations
@@ -80,31 +85,36 @@ def standard_pairs(thresholds: Sequence[float]) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def verdict(p_holm: float, low: float, high: float) -> str:
-    """Lower or higher (a - b) when Holm's p < 0.05 and the interval excludes 0; else not separated.
+def verdict(p_holm: float, low: float, high: float, direction: int) -> str:
+    """Lower or higher (a - b) when Holm's p < 0.05, the interval excludes 0 and the signed ranks lean the same
+    way (``stats.rank_direction``); else not separated.
 
-    Both are asked: the test says whether the signs could be chance, the interval how large the difference is;
-    NaN (fewer than two seeds) never separates.
+    All three are asked: the test says whether the signs could be chance, the interval how large the difference
+    is, and the direction that the test's rejecting tail and the interval agree; NaN (fewer than two seeds)
+    never separates.
     """
     if not p_holm < ALPHA:
         return NOT_SEPARATED
-    return HIGHER if low > 0 else LOWER if high < 0 else NOT_SEPARATED
+    if low > 0 and direction > 0:
+        return HIGHER
+    return LOWER if high < 0 and direction < 0 else NOT_SEPARATED
 
 
 def paired(a: pd.Series, b: pd.Series) -> dict[str, float]:
     """The numbers of one contrast ``a - b`` from two series indexed by seed (NaN: that seed left out)."""
     both = pd.concat([a, b], axis=1, join="inner").dropna()
-    d = (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy()
+    d = np.round((both.iloc[:, 0] - both.iloc[:, 1]).to_numpy(), stats.DECIMALS) + 0.0  # + 0.0: no -0.0
     i, s = stats.interval(d), stats.signs(d)
     return {
         "n": i.n,
-        "mean_difference": i.mean,
+        "mean_difference": round(i.mean, stats.DECIMALS) + 0.0 if i.n else math.nan,
         "low": i.low,
         "high": i.high,
         "p_value": stats.wilcoxon_p(d) if i.n else math.nan,
         "seeds_a_lower": int((s < 0).sum()),
         "seeds_a_higher": int((s > 0).sum()),
         "detectable": i.half_width,
+        "direction": stats.rank_direction(d),
     }
 
 
@@ -193,10 +203,13 @@ def _wide(data: pd.DataFrame, point: dict, metric: str) -> pd.DataFrame:
 
 
 def _adjusted(family: list[dict]) -> list[dict]:
-    """The family's rows with Holm's p and the verdict (no verdict below two paired seeds)."""
-    for row, p in zip(family, stats.holm([r["p_value"] for r in family]), strict=True):
-        row["p_holm"] = p
-        row["verdict"] = verdict(p, row["low"], row["high"]) if row["n"] >= 2 else NOT_SEPARATED
+    """The family's rows with Holm's p and the verdict (no verdict below two paired seeds). Contrasts with no
+    seed that differs keep p = 1 and are left out of the family's size (see the module)."""
+    tested = [r["p_value"] if r["seeds_a_lower"] + r["seeds_a_higher"] else math.nan for r in family]
+    for row, p in zip(family, stats.holm(tested), strict=True):
+        row["p_holm"] = row["p_value"] if math.isnan(p) else p
+        separated = verdict(row["p_holm"], row["low"], row["high"], row.pop("direction"))
+        row["verdict"] = separated if row["n"] >= 2 else NOT_SEPARATED
     return family
 
 
@@ -228,28 +241,30 @@ def _p(p: float) -> str:
 
 
 def verdict_sentence(row: pd.Series | dict) -> str:
-    """One contrast in words: ``FP_4% - FT: -16.3 points [-26.0, -6.6], Holm p = 0.010, lower in 9 of 10
-    seeds: lower``, or ``...: not separated by these seeds (could detect about ±6.2 points)``."""
+    """One contrast in words: ``FP_4% - FT: -16.3 points [-26.0, -6.6], Holm p = 0.010, lower in 9, higher in 1
+    of 10 seeds: lower``, or ``...: not separated by these seeds (could detect about ±6.2 points)``; where the
+    interval excludes 0 but the adjusted test does not reject, it says so instead of a detectable size."""
     n = int(row["n"])
     head = f"{contrast_label(row)}: "
     if n == 0:
         return head + "no seed has both: " + NOT_SEPARATED
-    shown = f"[{row['low']:.1f}, {row['high']:.1f}]" if n >= 2 else "(one seed: no interval)"
+    shown = f"[{_points(row['low'])}, {_points(row['high'])}]" if n >= 2 else "(one seed: no interval)"
     lower, higher = int(row["seeds_a_lower"]), int(row["seeds_a_higher"])
-    side, k = (LOWER, lower) if row["mean_difference"] < 0 else (HIGHER, higher)
-    differ = lower + higher
-    if differ == 0:
-        seeds = f"equal in all {n} seeds"
-    elif differ == n:
-        seeds = f"{side} in {k} of {n} seeds"
-    else:
-        seeds = f"{side} in {k} of the {differ} seeds that differ ({n} paired)"
-    mean = f"{row['mean_difference']:+.1f}".replace("-0.0", "0.0").replace("+0.0", "0.0")
-    text = f"{head}{mean} points {shown}, Holm p = {_p(row['p_holm'])}, {seeds}: "
-    text += row["verdict"]
-    if row["verdict"] == NOT_SEPARATED and n >= 2 and differ > 0:
-        text += f" (could detect about ±{row['detectable']:.1f} points)"
+    seeds = f"lower in {lower}, higher in {higher} of {n} seeds" if lower + higher else f"equal in all {n} seeds"
+    text = f"{head}{_points(row['mean_difference'], signed=True)} points {shown}, Holm p = {_p(row['p_holm'])}, "
+    text += f"{seeds}: {row['verdict']}"
+    if row["verdict"] == NOT_SEPARATED and n >= 2 and lower + higher > 0:
+        if row["low"] > 0 or row["high"] < 0:
+            text += " (the interval excludes 0, but the adjusted test does not reject)"
+        else:
+            text += f" (could detect about ±{row['detectable']:.1f} points)"
     return text
+
+
+def _points(value: float, signed: bool = False) -> str:
+    """A difference in points to one decimal, without a sign on a rounded zero (``0.0``, not ``-0.0``)."""
+    text = f"{value:+.1f}" if signed else f"{value:.1f}"
+    return "0.0" if text in ("-0.0", "+0.0") else text
 
 
 def contrasts_markdown(table: pd.DataFrame) -> str:

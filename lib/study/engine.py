@@ -242,10 +242,10 @@ def report_line(report: RunReport) -> str:
 def closing_lines(spec: StudySpec, outcome: StudyOutcome) -> list[str]:
     """The end of ``lib.study run``: what ran, then one line per failed run with the cell that failed."""
     ran = sum(1 for r in outcome.reports if r.ok and r.ran)
-    threads = f", {outcome.threads} thread(s) each" if outcome.threads else ""
+    threads = f"; every run with {outcome.threads} thread(s)" if outcome.threads else ""
     lines = [
-        f"study {spec.name}: {len(spec.runs())} runs; {ran} ran now{threads}, {len(outcome.current)} were up to "
-        f"date, {len(outcome.failed)} failed ({shown(spec.root)})"
+        f"study {spec.name}: {len(spec.runs())} runs; {ran} ran now, {len(outcome.current)} were up to date, "
+        f"{len(outcome.failed)} failed ({shown(spec.root)}){threads}"
     ]
     lines += [f"FAILED {r.run}: {r.failure}" for r in outcome.failed]
     return lines

@@ -128,6 +128,17 @@ def wilcoxon_p(differences: Iterable[float]) -> float:
     return float(min(1.0, 2 * min(lower, upper)))
 
 
+def rank_direction(differences: Iterable[float]) -> int:
+    """Which way the signed ranks lean: -1 when the negative differences hold more rank (W- > W+), 1 the other way,
+    0 when balanced. A two-sided test rejects for either tail: a verdict must point the way its tail does."""
+    d = np.round(np.asarray(list(differences), dtype=float), DECIMALS)
+    d = d[~np.isnan(d) & (d != 0)]
+    if len(d) == 0:
+        return 0
+    ranks = stats.rankdata(np.abs(d))
+    return int(np.sign(ranks[d > 0].sum() - ranks[d < 0].sum()))
+
+
 def holm(pvalues: Iterable[float]) -> np.ndarray:
     """Holm's step-down adjustment of a family's p-values (same order; NaN stays NaN and is not counted).
 
