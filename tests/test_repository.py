@@ -132,7 +132,11 @@ def test_readme_demo_table_quotes_the_committed_results():
             assert acc == f"{row['clean_accuracy']:.2f}" and asr == f"{row['attack_success_rate']:.2f}", model
 
 
-STUDIES = ("demo-seeds", "demo-fine-tuning")
+#: The committed studies the README quotes (demo-seeds always; the others once their results are committed).
+STUDIES = (
+    "demo-seeds",
+    *(s for s in ("demo-fine-tuning",) if (PROJECT_ROOT / "results" / "studies" / s / "contrasts.csv").is_file()),
+)
 
 
 def _study_file(study: str, name: str):
@@ -168,9 +172,12 @@ def _demo_section() -> str:
 
 
 #: A verdict sentence of ``lib.study.contrasts.verdict_sentence``, as the README quotes them.
+_MODEL = r"[A-Za-z][\w'%]*"
+_VALUE = r"[\d.e+-]+"
 VERDICT = re.compile(
-    r"[^\s:`]+(?: at [^:]+?)? - [^\s:`]+: -?\+?\d+\.\d points (?:\[-?\d+\.\d, -?\d+\.\d\]|\(one seed: no interval\)), "
-    r"Holm p = [^,]+, [^:]+: (?:lower|higher|not separated by these seeds)"
+    rf"{_MODEL}(?: at [a-z_]+ {_VALUE}(?:, [a-z_]+ {_VALUE})*)? - (?:{_MODEL}|{_VALUE}(?:, {_VALUE})*): "
+    r"-?\+?\d+\.\d points (?:\[-?\d+\.\d, -?\d+\.\d\]|\(one seed: no interval\)), "
+    r"Holm p [=<] [^,]+, [^:]+: (?:lower|higher|not separated by these seeds)"
     r"(?: \((?:could detect about ±\d+\.\d points|the interval excludes 0, but the adjusted test does not reject)\))?"
 )
 

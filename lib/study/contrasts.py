@@ -251,7 +251,9 @@ def verdict_sentence(row: pd.Series | dict) -> str:
     shown = f"[{_points(row['low'])}, {_points(row['high'])}]" if n >= 2 else "(one seed: no interval)"
     lower, higher = int(row["seeds_a_lower"]), int(row["seeds_a_higher"])
     seeds = f"lower in {lower}, higher in {higher} of {n} seeds" if lower + higher else f"equal in all {n} seeds"
-    text = f"{head}{_points(row['mean_difference'], signed=True)} points {shown}, Holm p = {_p(row['p_holm'])}, "
+    p = _p(row["p_holm"])
+    p = p if p.startswith("<") else f"= {p}"
+    text = f"{head}{_points(row['mean_difference'], signed=True)} points {shown}, Holm p {p}, "
     text += f"{seeds}: {row['verdict']}"
     if row["verdict"] == NOT_SEPARATED and n >= 2 and lower + higher > 0:
         if row["low"] > 0 or row["high"] < 0:
