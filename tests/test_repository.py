@@ -164,6 +164,23 @@ def test_readme_study_table_quotes_the_study_summary():
                 assert cell == expected, (dataset, model, metric)
 
 
+def test_readme_learning_rate_table_quotes_the_grid_studys_summary():
+    """Each cell of the README's learning-rate table is its row of demo-fine-tuning's summary.csv, rounded."""
+    if "demo-fine-tuning" not in STUDIES:
+        pytest.skip("demo-fine-tuning's results are not committed")
+    summary = _study_file("demo-fine-tuning", "summary.csv").set_index(["dataset", "learning_rate", "model"])
+    rows = _table_rows(_block("study:demo-fine-tuning"))
+    assert len(rows) == 2 * 3, "FT and FP_4% at each of the three learning rates"
+    for rate, model, *cells in rows:
+        for (dataset, metric), cell in zip(
+            [(d, m) for d in ("demo", "demo-pruning-aware") for m in ("clean_accuracy", "attack_success_rate")],
+            cells,
+            strict=True,
+        ):
+            r = summary.loc[(dataset, float(rate), model)]
+            assert cell == f"{r[metric + '_mean']:.1f} [{r[metric + '_ci_low']:.1f}, {r[metric + '_ci_high']:.1f}]"
+
+
 def _demo_section() -> str:
     """The prose of the README's demo results (tables left out), as one line: sentences wrap across lines."""
     text = (PROJECT_ROOT / "README.md").read_text()

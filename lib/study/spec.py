@@ -245,12 +245,22 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _known_parameters() -> dict[str, Any]:
-    """Every notebook parameter of the steps, with its default."""
+def _notebook_parameters(keys: Any, section: str) -> dict[str, Any]:
+    """Every notebook parameter of the steps with its default, after refusing the first of ``keys`` that is
+    set by the study for each run or that no notebook has (``parameters:`` and ``grid:`` take the same)."""
     known: dict[str, Any] = {}
     for step in STEPS:
         for name, default in notebook_defaults(step).items():
             known.setdefault(name, default)
+    _refuse_keys(
+        section,
+        keys,
+        PER_RUN,
+        "is set by the study for each run",
+        set(known),
+        "no notebook has this parameter",
+        "use parameters of the notebooks",
+    )
     return known
 
 
@@ -259,16 +269,7 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InputError(f"{where}: parameters", "must be a mapping of notebook parameters", "e.g. {thresholds: [2]}")
-    known = _known_parameters()
-    _refuse_keys(
-        f"{where}: parameters",
-        value,
-        PER_RUN,
-        "is set by the study for each run",
-        set(known),
-        "no notebook has this parameter",
-        "use parameters of the notebooks",
-    )
+    known = _notebook_parameters(value, f"{where}: parameters")
     for name, v in value.items():
         _check_kind(f"{where}: parameters: {name}", v, known[name])
     return dict(value)
@@ -289,16 +290,7 @@ def _grid(value: Any, where: str, parameters: dict[str, Any]) -> dict[str, tuple
         return {}
     if not isinstance(value, dict) or not value:
         raise InputError(f"{where}: grid", "must be a mapping of notebook parameters to lists", _GRID_EXAMPLE)
-    known = _known_parameters()
-    _refuse_keys(
-        f"{where}: grid",
-        value,
-        PER_RUN,
-        "is set by the study for each run",
-        set(known),
-        "no notebook has this parameter",
-        "use parameters of the notebooks",
-    )
+    known = _notebook_parameters(value, f"{where}: grid")
     grid = {}
     for name, values in value.items():
         section = f"{where}: grid: {name}"
