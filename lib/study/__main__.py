@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: finished runs are kept; the same command resumes", file=sys.stderr)
         return 130
     written = ", ".join(p.name for p in summary.written) or "nothing changed"
-    complete = len(summary.runs.groupby(["dataset", "seed"]))
+    complete = len(summary.runs.groupby(["dataset", "seed", *spec.grid]))
     print(f"summary of {complete} of {len(spec.runs())} runs in {shown(spec.root)}/ (written: {written})")
     return 1 if failed else 0
 
