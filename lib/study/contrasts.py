@@ -157,8 +157,7 @@ def grid_points(data: pd.DataFrame, grid: Sequence[str]) -> Iterator[tuple[dict[
         keys = keys.iloc[np.argsort(_order(keys[g]), kind="stable")]
     for values in keys.itertuples(index=False):
         point = dict(zip(grid, values, strict=True))
-        mask = np.logical_and.reduce([data[g] == v for g, v in point.items()])
-        yield point, data[mask]
+        yield point, _at(data, point)
 
 
 def _order(values: pd.Series) -> np.ndarray:
@@ -197,9 +196,13 @@ def _between_points(dataset: str, data: pd.DataFrame, grid: list[str]) -> list[d
     return out
 
 
+def _at(data: pd.DataFrame, point: dict) -> pd.DataFrame:
+    """The rows of ``data`` at one grid point."""
+    return data[np.logical_and.reduce([data[g] == v for g, v in point.items()])]
+
+
 def _wide(data: pd.DataFrame, point: dict, metric: str) -> pd.DataFrame:
-    mask = np.logical_and.reduce([data[g] == v for g, v in point.items()])
-    return data[mask].pivot(index="seed", columns="model", values=metric)
+    return _at(data, point).pivot(index="seed", columns="model", values=metric)
 
 
 def _adjusted(family: list[dict]) -> list[dict]:

@@ -91,7 +91,8 @@ def read_study(summary: pd.DataFrame, contrasts: pd.DataFrame) -> str:
     paragraphs.append(
         "A verdict compares two models seed by seed: the difference a - b in each seed, its mean over the seeds "
         f"with its {INTERVAL_NAME}, and the exact Wilcoxon signed-rank test of the differences, Holm-adjusted over "
-        f"the family. Lower or higher when the adjusted p < {ALPHA} and the interval excludes 0; otherwise "
+        f"the family. Lower or higher when the adjusted p < {ALPHA}, the interval excludes 0 and the signed ranks "
+        "lean the same way (``contrasts.verdict``); otherwise "
         f"{NOT_SEPARATED}, which does not show that the two are equal: ± is about the smallest difference these "
         "seeds could have detected."
     )
