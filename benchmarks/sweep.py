@@ -23,7 +23,8 @@ in a child process whose peak resident memory is reported.
 
 The processor's model and SIMD features are printed first: the engine's steps are sparse products
 compiled by numba, the prefix pass TensorFlow's convolutions, and the two scale differently from one
-processor to another. The first sweep in a process loads the compiled kernels from numba's cache (about 0.03 s).
+processor to another. The kernels' first call in a process is printed apart: in a fresh clone it compiles them
+(numba's cache is empty), later it loads them from the cache beside ``lib/sweep/closed_form``.
 
 All sweeps must give identical predictions (the engine, ``keras`` and ``tail`` at every step, ``naive`` at
 the steps it measured); otherwise the benchmark exits 1. The last line is machine-readable:
@@ -90,14 +91,16 @@ def input_files(workdir: Path) -> tuple[list[Path], str]:
     return paths, "stand-in images (synthetic faces of lib.demo, 1283 identities; the second set with sunglasses)"
 
 
-def kernel_paths() -> str:
-    """Which of the kernels' processor-dependent paths this machine takes (``lib.sweep_screen``, ``lib.simd``)."""
-    from lib.simd import compress_supported
-    from lib.sweep_screen import screen_supported
+def kernels_first_call(model, pooled: np.ndarray) -> tuple[float, bool]:
+    """Seconds of the closed form's first call in this process (compiling its kernels, or loading them from
+    numba's cache beside ``lib/sweep``), and whether the cache held them before."""
+    from lib.sweep import SweepEngine, closed_form
 
-    output = "screened in bfloat16 (vdpbf16ps)" if screen_supported() else "float32 product"
-    listing = "by vector compress" if compress_supported() else "one unit at a time"
-    return f"output layer {output}, units listed {listing}"
+    cache = Path(closed_form.__file__).parent / "__pycache__"
+    cached = any(cache.glob("kernels.sweep_images-*.nbi"))
+    start = time.perf_counter()
+    SweepEngine(model, CONV, POOL).closed_form.sweep(pooled[:1], np.arange(pooled.shape[-1]))
+    return time.perf_counter() - start, cached
 
 
 def peak_rss_mb() -> float:
@@ -120,10 +123,12 @@ def engine_in_child(weights: str, paths: list[str], queue) -> None:
     model = load_model_file(weights)
     start = time.perf_counter()
     pooled = [pool_activations(model, p, POOL, progress=False) for p in paths]
+    first_call = kernels_first_call(model, pooled[0])
+    start += first_call[0]  # the sweep's own time, without the kernels' first call
     order = pruning_order(mean_channel_activations(pooled[0]))
     preds = SweepEngine(model, CONV, POOL).predictions(pooled, order, progress=False)
     seconds = time.perf_counter() - start
-    queue.put((seconds, peak_rss_mb(), [p.sum() for p in preds]))
+    queue.put((seconds, peak_rss_mb(), [p.sum() for p in preds], first_call))
 
 
 def main() -> int:
@@ -155,13 +160,16 @@ def main() -> int:
             f"machine: {machine.one_line()}; {os.cpu_count()} cores; python {platform.python_version()}, "
             f"tensorflow {tf.__version__}, numba {numba.__version__} ({numba.get_num_threads()} threads)"
         )
-        print(f"kernels: {kernel_paths()}")
 
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         child = ctx.Process(target=engine_in_child, args=(str(weights), [str(p) for p in paths], queue))
         child.start()
-        child_seconds, peak_mb, child_sums = queue.get()
+        child_seconds, peak_mb, child_sums, (first_call, cached) = queue.get()
+        print(
+            f"kernels' first call: {first_call:.1f} s ("
+            f"{'loaded from numba cache' if cached else 'compiled: numba cache was empty'})"
+        )
         child.join()
 
         model = load_model_file(weights)

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sweep import CONV, POOL, input_files, kernel_paths, weights_file  # noqa: E402  (the root is on the path only now)
+from benchmarks.sweep import CONV, POOL, input_files, weights_file  # noqa: E402  (the root is on the path only now)
 from lib import machine, sweep_kernels  # noqa: E402
 from lib.quiet import import_tensorflow_quietly  # noqa: E402
 
@@ -37,16 +37,16 @@ import_tensorflow_quietly()
 #: Each part left out: the lines of ``lib.sweep_kernels`` replaced, and by what.
 PARTS = {
     "output layer and its two best logits": [
-        ("    if screen is not None:\n", "    return 0, np.float32(0)\n    if screen is not None:\n")
+        ("    add_rows(z, bo, wo, rows, values, m)\n    return top_two(z)\n", "    return 0, np.float32(0)\n")
     ],
     "fc_2 (rows of its kernel)": [("    add_rows(h, a1, w2, rows, values, m)\n", "    h[:] = a1\n")],
     "both products and listing their units": [
         (
-            "    m = compress_positive(c4, rows, values) if by_compress else list_positive(c4, rows, values)\n",
+            "    m = list_positive(c4, rows, values)\n",
             "    m = 0\n",
         ),
         (
-            "    return compress_positive(h, rows, values) if by_compress else list_positive(h, rows, values)\n",
+            "    return list_positive(h, rows, values)\n",
             "    return 0\n",
         ),
     ],
@@ -89,7 +89,7 @@ def main() -> int:
         pooled = np.concatenate([pool_activations(model, str(p), POOL, progress=False) for p in paths])
     order = pruning_order(mean_channel_activations(pooled[: len(pooled) // 2])).astype(np.int64)
     tail = SweepEngine(model, CONV, POOL).closed_form
-    arrays, n_classes, vectors = tail.arrays, tail.n_classes, (tail.screen, tail.by_compress)
+    arrays = tail.arrays
     n = len(pooled)
     touched = nonzero_channels(pooled)
     classes = np.empty((len(order) + 1, n), dtype=np.int64)
@@ -100,16 +100,13 @@ def main() -> int:
     print(f"inputs:  {what}; {n:,} images, {len(order)} channels")
     threads = numba.get_num_threads()
     print(f"machine: {machine.one_line()}; {os.cpu_count()} cores; numba {numba.__version__}, {threads} threads")
-    print(f"kernels: {kernel_paths()}")
 
     def best_time(kernels: types.ModuleType, order: np.ndarray = order) -> float:
-        kernels.sweep_images(
-            pooled[:8], touched[:8], order, *arrays, n_classes, *vectors, classes[:, :8], gaps[:, :8], no_logits
-        )
+        kernels.sweep_images(pooled[:8], touched[:8], order, *arrays, classes[:, :8], gaps[:, :8], no_logits)
         times = []
         for _ in range(args.rounds):
             start = time.perf_counter()
-            kernels.sweep_images(pooled, touched, order, *arrays, n_classes, *vectors, classes, gaps, no_logits)
+            kernels.sweep_images(pooled, touched, order, *arrays, classes, gaps, no_logits)
             times.append(time.perf_counter() - start)
         return min(times)
 

@@ -21,30 +21,12 @@ import keras
 import numpy as np
 
 from lib import sweep_kernels
-from lib.cache_lines import LINE_FLOATS, lined_empty
 from lib.models import BATCH_SIZE
 from lib.prunable import producer
-from lib.simd import compress_supported
-from lib.sweep_screen import screen_arrays, screen_supported
 
 #: The closed form decides a class only when its two best logits are further apart than this many
 #: tie margins (see ``lib.sweep``: its float32 state accumulates rounding over the steps).
 CLOSED_FORM_MARGIN_FACTOR = 4.0
-
-
-def _lined(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """A float32 copy of ``a`` that starts on a cache line (``lib.cache_lines.lined_empty``), zero-padded to
-    ``shape`` (default: ``a``'s). Zeros change no sum, and the kernels read no padded class."""
-    shape = a.shape if shape is None else shape
-    lined = lined_empty(int(np.prod(shape))).reshape(shape)
-    lined[...] = 0
-    lined[tuple(slice(0, d) for d in a.shape)] = a
-    return lined
-
-
-def _whole_lines(n: int) -> int:
-    """``n`` floats rounded up to whole lines (``LINE_FLOATS``)."""
-    return -(-n // LINE_FLOATS) * LINE_FLOATS
 
 
 def nonzero_channels(pooled: np.ndarray, batch: int = BATCH_SIZE) -> np.ndarray:
@@ -124,22 +106,9 @@ class ClosedFormTail:
         self.n_classes = wo.shape[1]
         h, w = self.pool_shape[:2]
         c4_bias = np.tile(b4, (h - k4.shape[0] + 1) * (w - k4.shape[1] + 1))  # at every output position
-        hidden, classes = _whole_lines(w1.shape[1]), _whole_lines(self.n_classes)
-        #: (w1, hidden bias, k4, conv_4's bias, w2, wo, bo) as the kernels take them (with ``n_classes``): fc_1's
-        #: and fc_2's biases add up in the hidden layer; the hidden units and the classes padded to whole lines.
-        self.arrays = (
-            _lined(w1, (w1.shape[0], hidden)),
-            _lined(b1 + b2, (hidden,)),
-            _lined(k4),
-            _lined(c4_bias),
-            _lined(w2, (w2.shape[0], hidden)),
-            _lined(wo, (hidden, classes)),
-            _lined(bo, (classes,)),
-        )
-        #: The output layer's bfloat16 screen (``lib.sweep_screen``) where this processor has AVX512_BF16, else None.
-        self.screen = screen_arrays(wo, bo, self.n_classes) if screen_supported() else None
-        #: List the units a ReLU lets through with vector compresses (``lib.simd.compress_positive``): AVX-512 only.
-        self.by_compress = compress_supported()
+        #: (w1, hidden bias, k4, conv_4's bias, w2, wo, bo) as the kernels take them: contiguous float32, and
+        #: fc_1's and fc_2's biases added up in the hidden layer.
+        self.arrays = tuple(np.ascontiguousarray(a, dtype=np.float32) for a in (w1, b1 + b2, k4, c4_bias, w2, wo, bo))
 
     @property
     def finite(self) -> bool:
@@ -225,9 +194,6 @@ class ClosedFormTail:
                 touched[lo:hi],
                 order,
                 *self.arrays,
-                self.n_classes,
-                self.screen,
-                self.by_compress,
                 classes[:, lo:hi],
                 gaps[:, lo:hi],
                 logits[lo:hi],

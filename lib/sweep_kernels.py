@@ -7,26 +7,20 @@ fc_2's kernel and 32 rows of the output layer's (about 62,000 multiply-adds) whe
 products need 360,000, as much as the convolutions of a forward pass (``benchmarks/README.md``).
 Each image carries only the linear part of its state (fc_1's output and conv_4's, before their
 ReLUs) from step to step; fc_2 and the output layer are recomputed from it at every evaluation,
-so their rounding does not accumulate. Where the processor has AVX512_BF16, the output layer is
-screened in bfloat16 first and only the few classes that can still be the best two are summed
-(``lib.sweep_screen``): the same class and gap, bit for bit.
+so their rounding does not accumulate.
 
 An image's trajectory does not depend on any other image, so images run in parallel (numba
 threads, ``NUMBA_NUM_THREADS``), each in the same order of operations whatever the thread count:
 one thread or many give the same bytes. No fast-math flag is set, so every sum is rounded in the
 order written here. Zero inputs are skipped, which equals multiplying by them only for finite
 weights: ``lib.sweep_closed_form`` hands over no other. The first call on a machine compiles the
-kernels (about 20 s on a 2-core AMD EPYC); numba caches them beside this file (``__pycache__``).
+kernels; numba caches them beside this file (``__pycache__``). ``make bench`` prints how long that takes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-
-from lib.cache_lines import lined_empty
-from lib.simd import LANES, bits_float, compress_positive, list_positive, order_key
-from lib.sweep_screen import screen_scratch, screened_top_two
 
 
 @njit(cache=True, inline="always")
@@ -78,26 +72,30 @@ def top_two(z):
     """``z``'s argmax (the first of equal maxima, as ``np.argmax``) and its best value minus its second best.
 
     Equal best values, +0 and -0 included, give a gap of 0; a NaN or infinite value anywhere gives
-    class 0 and a NaN gap: near ties either way, which the Keras tail settles. Two passes of integer
-    reductions over the values' bits (see ``lib.simd.order_key``), which the compiler turns into vector instructions,
-    where float maxima would need fast-math flags: the best, then its first place, how many share it and
-    the best of the others.
+    class 0 and a NaN gap: near ties either way, which the Keras tail settles.
     """
-    bits = z.view(np.int32)
-    n = bits.shape[0]
-    best, non_finite = -(2**31), 0
-    for q in range(n):
-        non_finite |= (bits[q] >> 23) & 0xFF == 0xFF
-        best = max(best, order_key(bits[q]))
-    if non_finite:
-        return 0, np.float32(np.nan)
-    at, ties, second = n, 0, -(2**31)
-    for q in range(n):
-        key = order_key(bits[q])
-        at = min(at, q if key == best else n)
-        ties += key == best
-        second = max(second, key if key != best else -(2**31))
-    return at, z[at] - bits_float(order_key(best if ties > 1 else second))
+    at = 0
+    for q in range(z.shape[0]):
+        if not np.isfinite(z[q]):
+            return 0, np.float32(np.nan)
+        if z[q] > z[at]:
+            at = q
+    second = -np.inf
+    for q in range(z.shape[0]):
+        if q != at and z[q] > second:
+            second = z[q]
+    return at, z[at] - np.float32(second)
+
+
+@njit(cache=True)
+def list_positive(x, rows, values):
+    """The entries of ``x`` a ReLU lets through (positive, or NaN, so that a NaN reaches the logits: a near tie),
+    in order: indices in ``rows``, values in ``values``; returns how many."""
+    m = 0
+    for u in range(x.shape[0]):
+        rows[m], values[m] = u, x[u]
+        m += not x[u] <= 0
+    return m
 
 
 @njit(cache=True)
@@ -132,28 +130,19 @@ def _add_channels(x, first, last, sign, w1, k4, a1_base, c4_base, a1, c4, rows, 
 
 
 @njit(cache=True)
-def _hidden(a1, c4, w2, h, rows, values, by_compress):
+def _hidden(a1, c4, w2, h, rows, values):
     """The hidden layer ``h`` of the linear state ``a1``, ``c4`` (only conv_4's units its ReLU lets through are
-    multiplied); lists the hidden units the next ReLU lets through in ``rows``/``values`` and returns how many
-    (``lib.simd``: by vector compresses where ``by_compress``)."""
-    m = compress_positive(c4, rows, values) if by_compress else list_positive(c4, rows, values)
+    multiplied); lists the hidden units the next ReLU lets through in ``rows``/``values`` and returns how many."""
+    m = list_positive(c4, rows, values)
     add_rows(h, a1, w2, rows, values, m)
-    return compress_positive(h, rows, values) if by_compress else list_positive(h, rows, values)
+    return list_positive(h, rows, values)
 
 
 @njit(cache=True)
-def _class_and_gap(wo, bo, n_classes, screen, rows, values, m, z, scratch):
-    """``top_two`` of the logits ``bo + sum_t values[t] * wo[rows[t]]``: screened where ``screen`` is given
-    (``lib.sweep_screen``, the same bits), else the whole product into ``z``."""
-    if screen is not None:
-        scores, maxima, pairs, candidates, logits = scratch
-        screened, best, gap = screened_top_two(
-            screen, wo, bo, rows, values, m, scores, maxima, pairs, candidates, logits
-        )
-        if screened:
-            return best, gap
+def _class_and_gap(wo, bo, rows, values, m, z):
+    """``top_two`` of the logits ``bo + sum_t values[t] * wo[rows[t]]``, computed into ``z``."""
     add_rows(z, bo, wo, rows, values, m)
-    return top_two(z[:n_classes])
+    return top_two(z)
 
 
 @njit(parallel=True, cache=True)
@@ -168,9 +157,6 @@ def sweep_images(
     w2,
     wo,
     bo,
-    n_classes,
-    screen,
-    by_compress,
     classes,
     gaps,
     logits,
@@ -181,41 +167,27 @@ def sweep_images(
     Writes ``classes``/``gaps`` (len(order) + 1, n): row 0 unpruned, row k after ``order[:k]``; a step
     that does not touch an image copies its class and writes an infinite gap (not evaluated).
     ``logits`` is (n, classes) to receive each image's logits after the last step, or (0, classes).
-    The weights' columns beyond the hidden units and the ``n_classes`` classes are zero padding.
-    ``screen`` is ``lib.sweep_screen.screen_arrays``'s tuple, or None to compute every class;
-    ``by_compress`` lists the units a ReLU lets through with vector compresses (``lib.simd.compress_positive``).
     """
     n = pooled.shape[0]
     f1 = w1.shape[1]
-    scratch = max(w1.shape[0], w2.shape[0], k4.shape[0] * k4.shape[1] * k4.shape[2], f1) + LANES
+    scratch = max(w1.shape[0], w2.shape[0], k4.shape[0] * k4.shape[1] * k4.shape[2], f1)
     for i in prange(n):
         x = pooled[i]
-        a1, h, c4, z = lined_empty(f1), lined_empty(f1), lined_empty(w2.shape[0]), lined_empty(wo.shape[1])
+        a1, h = np.empty(f1, np.float32), np.empty(f1, np.float32)
+        c4, z = np.empty(w2.shape[0], np.float32), np.empty(wo.shape[1], np.float32)
         rows, values = np.empty(scratch, np.int32), np.empty(scratch, np.float32)
-        scratch_for_screen = screen_scratch(screen, f1)
         _add_channels(x, 0, x.shape[2], np.float32(1), w1, k4, hidden_bias, c4_bias, a1, c4, rows, values)
-        m = _hidden(a1, c4, w2, h, rows, values, by_compress)
-        classes[0, i], gaps[0, i] = _class_and_gap(wo, bo, n_classes, screen, rows, values, m, z, scratch_for_screen)
+        m = _hidden(a1, c4, w2, h, rows, values)
+        classes[0, i], gaps[0, i] = _class_and_gap(wo, bo, rows, values, m, z)
         for k in range(order.shape[0]):
             c = order[k]
             if not touched[i, c]:
                 classes[k + 1, i], gaps[k + 1, i] = classes[k, i], np.inf
                 continue
             _add_channels(x, c, c + 1, np.float32(-1), w1, k4, a1, c4, a1, c4, rows, values)
-            m = _hidden(a1, c4, w2, h, rows, values, by_compress)
-            classes[k + 1, i], gaps[k + 1, i] = _class_and_gap(
-                wo, bo, n_classes, screen, rows, values, m, z, scratch_for_screen
-            )
+            m = _hidden(a1, c4, w2, h, rows, values)
+            classes[k + 1, i], gaps[k + 1, i] = _class_and_gap(wo, bo, rows, values, m, z)
         if logits.shape[0]:
-            m = _hidden(a1, c4, w2, h, rows, values, by_compress)
+            m = _hidden(a1, c4, w2, h, rows, values)
             add_rows(z, bo, wo, rows, values, m)
-            logits[i] = z[:n_classes]
-
-
-@njit(parallel=True, cache=True)
-def best_and_gap(z):
-    """``top_two`` of every row of ``z`` (m, classes) float32: (classes, gaps)."""
-    classes, gaps = np.empty(z.shape[0], np.int64), np.empty(z.shape[0], np.float32)
-    for i in prange(z.shape[0]):
-        classes[i], gaps[i] = top_two(z[i])
-    return classes, gaps
+            logits[i] = z

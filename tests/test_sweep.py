@@ -157,21 +157,21 @@ def test_unaffected_images_are_not_reevaluated():
     assert keras_stats.keras_evaluations < 100 * (len(order) + 1)
 
 
-def test_best_and_gap_matches_a_plain_top_two():
-    """The closed form's top two, on 37 classes (its 16 lanes do not divide them): the first of equal
-    maxima wins as in argmax, and a NaN or an infinity anywhere gives a NaN gap (a near tie)."""
-    from lib.sweep_kernels import best_and_gap
+def test_the_kernels_top_two_is_argmax_and_the_gap_to_the_second():
+    """The closed form's top two: the first of equal maxima wins as in argmax, and a NaN or an infinity
+    anywhere gives a NaN gap (a near tie)."""
+    from lib.sweep_kernels import top_two
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(200, 37)).astype(np.float32)
-    z[1, [3, 30]] = 9.0  # exact tie across lanes
-    z[2, [17, 33]] = 9.0  # exact tie inside a lane (17 and 33 share lane 1)
-    z[3, 36] = 9.0  # best in the partial last pass
+    z[1, [3, 30]] = 9.0  # exact tie
+    z[2, [17, 33]] = 9.0
+    z[3, 36] = 9.0  # best in the last place
     z[4, 5] = np.nan  # NaN outside the best
     z[5, int(np.argmax(z[5]))] = np.nan  # NaN as the best
     z[6, 0] = np.inf
     z[7, 0] = -np.inf
-    best, gap = best_and_gap(z)
+    best, gap = (np.array(column) for column in zip(*(top_two(row) for row in z), strict=True))
     finite = np.arange(200) >= 8
     top2 = -np.sort(-z[finite].astype(np.float64), axis=1)[:, :2]
     np.testing.assert_array_equal(best[finite], np.argmax(z[finite], axis=1))
@@ -180,20 +180,10 @@ def test_best_and_gap_matches_a_plain_top_two():
     assert np.isnan(gap[4:8]).all()
 
 
-def test_the_kernels_read_weights_that_start_on_cache_lines():
-    """The closed form hands the kernels arrays that start on 64-byte lines, with the hidden units and the classes
-    padded by zeros to whole 16-float vectors (no vector load straddles two lines), and its logits are the
-    model's own classes."""
-    from lib.cache_lines import LINE_BYTES, LINE_FLOATS
-
-    model = tiny_deepid(n_classes=7, seed=4)  # 12 hidden units and 7 classes: both padded
+def test_the_closed_form_logits_are_the_models_classes():
+    """The closed form's logits, unpruned, are one per class of the model and give its softmax scores."""
+    model = tiny_deepid(n_classes=7, seed=4)
     tail = SweepEngine(model, "conv_3", "pool_3").closed_form
-    assert all(a.ctypes.data % LINE_BYTES == 0 for a in tail.arrays)
-    w1, hidden_bias, _, _, w2, wo, bo = tail.arrays
-    assert w1.shape[1] == hidden_bias.shape[0] == w2.shape[1] == wo.shape[0] == LINE_FLOATS
-    assert wo.shape[1] == bo.shape[0] == LINE_FLOATS
-    assert not (w1[:, 12:].any() or hidden_bias[12:].any() or w2[:, 12:].any() or wo[12:].any())
-    assert not (wo[:, 7:].any() or bo[7:].any())
     pooled = pool_activations(model, tiny_images(20, 4), "pool_3", progress=False)
     logits = tail.logits(pooled)
     assert logits.shape == (20, 7)
@@ -368,9 +358,6 @@ def test_the_kernel_profile_still_fits_the_kernels():
             touched,
             order,
             *tail.arrays,
-            tail.n_classes,
-            tail.screen,
-            tail.by_compress,
             classes,
             gaps,
             no_logits,
