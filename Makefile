@@ -10,7 +10,7 @@
 #   make bench                    the sweep benchmark on the real CSAW weights
 #
 # A step runs only when its results are out of date: its notebook, lib/, its parameters or its input files
-# changed, or one of its outputs is missing or was changed (lib.provenance keeps the record in run.json).
+# changed, or one of its outputs is missing or was changed (lib.runs.provenance keeps the record in run.json).
 # Parameters: THRESHOLDS="2, 4, 10", CHECK_REFERENCE=False, DATA_DIR=..., RESULTS_DIR=... (one DATASET only).
 
 PYTHON     ?= $(shell command -v python3.11 || command -v python3)
@@ -20,13 +20,13 @@ THRESHOLDS ?= 2, 4, 10
 
 # `make all` without DATASET runs both demos; with DATASET=<name>, that dataset only.
 ifeq ($(origin DATASET),undefined)
-ALL_DATASETS = $(shell $(PYTHON) -m lib.catalog demos)
-SUMMARY      = $(PY) -m lib.summary --out demo-summary $(ALL_DATASETS)
+ALL_DATASETS = $(shell $(PYTHON) -m lib.data.catalog demos)
+SUMMARY      = $(PY) -m lib.report.summary --out demo-summary $(ALL_DATASETS)
 DATASET      := demo
 else
 ALL_DATASETS := $(DATASET)
-SUMMARY      := $(PY) -m lib.summary --where $(DATASET)
-UNKNOWN      := $(shell $(PYTHON) -m lib.catalog check $(DATASET) 2>&1)
+SUMMARY      := $(PY) -m lib.report.summary --where $(DATASET)
+UNKNOWN      := $(shell $(PYTHON) -m lib.data.catalog check $(DATASET) 2>&1)
 ifneq ($(UNKNOWN),)
 $(error $(UNKNOWN))
 endif
@@ -34,9 +34,9 @@ endif
 
 # The parameters every notebook gets, and the step notebooks.
 PARAMS = -p dataset=$(DATASET) $(if $(DATA_DIR),-p data_dir=$(DATA_DIR)) $(if $(RESULTS_DIR),-p results_dir=$(RESULTS_DIR))
-RUN    = $(PY) -m lib.run_notebook
+RUN    = $(PY) -m lib.runs.notebook
 # One run at a time per dataset: the whole chain of steps holds the dataset's folders.
-LOCKED = $(PY) -m lib.locks --dataset $(1) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) --
+LOCKED = $(PY) -m lib.runs.locks --dataset $(1) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) --
 
 .PHONY: all pipeline csaw-all data activations sweep goodnet fine-pruning demo-rebuild verify study \
         setup test test-fast lint bench strip-notebooks clean-results
@@ -46,9 +46,9 @@ all: setup
 	@$(SUMMARY)
 
 csaw-all: setup
-	@for d in $$($(PYTHON) -m lib.catalog competition); do \
+	@for d in $$($(PYTHON) -m lib.data.catalog competition); do \
 		$(call LOCKED,$$d) $(MAKE) --no-print-directory pipeline DATASET=$$d || exit 1; done
-	@$(PY) -m lib.summary --out csaw-summary $$($(PYTHON) -m lib.catalog competition)
+	@$(PY) -m lib.report.summary --out csaw-summary $$($(PYTHON) -m lib.data.catalog competition)
 
 pipeline: fine-pruning
 

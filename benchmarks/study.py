@@ -8,7 +8,7 @@ epochs), each contender from scratch in a temporary results folder (nothing of t
 * ``sequential``     a local cluster of one worker: one run at a time, each with all of the machine's cores;
 * ``local cluster``  the default local cluster (``lib.study.engine.default_workers``, or ``--workers``): one run
                      per worker at once, each with its share of the cores;
-* ``kernels``        one run, its five notebooks each in a kernel of its own (``lib.run_notebook`` alone, as
+* ``kernels``        one run, its five notebooks each in a kernel of its own (``lib.runs.notebook`` alone, as
                      ``make`` runs them), against the same run in one kernel from the sequential contender.
 
 Before and after, it measures the machine's ceiling: how much more work as many processes as workers do at
@@ -51,9 +51,9 @@ def write_study(folder: Path, runs: int) -> Path:
 
 def timed_study(spec_path: Path, results: Path, workers: int) -> tuple[float, list[dict]]:
     """Wall seconds of the whole study from scratch (cluster start included), and each run's step records."""
-    from lib.study import load_spec
     from lib.study.engine import run_study
     from lib.study.runner import read_info
+    from lib.study.spec import load_spec
 
     os.environ["BACKDOOR_RESULTS_ROOT"] = str(results)  # this script's own process: the study root follows it
     spec = load_spec(spec_path)
@@ -69,11 +69,10 @@ def timed_study(spec_path: Path, results: Path, workers: int) -> tuple[float, li
 
 def kernel_per_notebook(spec_path: Path, results: Path, threads: int) -> float:
     """One run (the first seed) with each notebook in a kernel of its own, as ``make`` runs them."""
-    from lib import run_notebook
-    from lib.steps.common import STEPS
-    from lib.study import load_spec
+    from lib.core.step_names import STEPS
+    from lib.runs import notebook as run_notebook
     from lib.study.runner import pinned_env
-    from lib.study.spec import step_notebook
+    from lib.study.spec import load_spec, step_notebook
 
     os.environ["BACKDOOR_RESULTS_ROOT"] = str(results)
     spec = load_spec(spec_path)
@@ -88,7 +87,7 @@ def kernel_per_notebook(spec_path: Path, results: Path, threads: int) -> float:
 
 def fixed_cost(infos: list[dict]) -> tuple[float, float, float]:
     """Mean per run: kernel start and imports (before the first notebook), resets (before the others), seconds."""
-    from lib.steps.common import STEPS
+    from lib.core.step_names import STEPS
 
     first = [info[STEPS[0]]["startup"] for info in infos]
     resets = [sum(info[s]["startup"] for s in STEPS[1:]) for info in infos]
@@ -128,7 +127,7 @@ def main() -> int:
 
     from dask.system import CPU_COUNT
 
-    from lib.machine import one_line
+    from lib.runs.machine import one_line
     from lib.study.engine import default_workers
 
     workers = args.workers or default_workers()

@@ -8,8 +8,8 @@ Contenders, timed in one run and interleaved round by round:
               few steps and extrapolated to the 61 evaluations of a sweep (labelled as such);
 * ``tail``    the layers up to ``pool_3`` once, then the whole tail sub-model on every image, every step
               (``benchmarks/tail_rerun.py``);
-* ``engine``  ``lib.sweep.SweepEngine`` (prefix once, then per step only the images the pruned channel
-              touches, through the closed-form CSAW tail of ``lib.sweep_kernels``; near ties settled by the
+* ``engine``  ``lib.sweep.engine.SweepEngine`` (prefix once, then per step only the images the pruned channel
+              touches, through the closed-form CSAW tail of ``lib.sweep.closed_form.kernels``; near ties settled by the
               Keras tail), its time split into the prefix pass, the steps and the near ties (the steps'
               own parts: ``benchmarks/sweep_kernel_parts.py``);
 * ``keras``   the same engine with ``Strategy.KERAS_TAIL``: the path any other tail takes (the tail
@@ -48,9 +48,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib import machine  # noqa: E402  (the project's root is on the path only now)
-from lib.paths import SHARED_CSAW_MODELS  # noqa: E402
-from lib.quiet import import_tensorflow_quietly  # noqa: E402
+from lib.core.paths import SHARED_CSAW_MODELS  # noqa: E402
+from lib.core.quiet import import_tensorflow_quietly  # noqa: E402
+from lib.runs import machine  # noqa: E402  (the project's root is on the path only now)
 
 import_tensorflow_quietly()
 
@@ -76,7 +76,7 @@ def input_files(workdir: Path) -> tuple[list[Path], str]:
     real = [ROOT / "data" / "csaw-lab3" / "cl" / "valid.h5", ROOT / "data" / "csaw-lab3" / "bd" / "bd_valid.h5"]
     if all(p.is_file() for p in real):
         return real, "real lab-3 validation data (cl/valid.h5 + bd/bd_valid.h5)"
-    from lib.datasets import save_image_set
+    from lib.data.datasets import save_image_set
     from lib.demo import draw_identities, generate_faces, stamp_sunglasses
 
     rng = np.random.default_rng(2020)
@@ -94,7 +94,8 @@ def input_files(workdir: Path) -> tuple[list[Path], str]:
 def kernels_first_call(model, pooled: np.ndarray) -> tuple[float, bool]:
     """Seconds of the closed form's first call in this process (compiling its kernels, or loading them from
     numba's cache beside ``lib/sweep``), and whether the cache held them before."""
-    from lib.sweep import SweepEngine, closed_form
+    from lib.sweep import closed_form
+    from lib.sweep.engine import SweepEngine
 
     cache = Path(closed_form.__file__).parent / "__pycache__"
     cached = any(cache.glob("kernels.sweep_images-*.nbi"))
@@ -114,10 +115,10 @@ def peak_rss_mb() -> float:
 
 def engine_in_child(weights: str, paths: list[str], queue) -> None:
     """The engine's sweep from HDF5 files, alone in a fresh process, for its peak memory."""
-    from lib.activations import mean_channel_activations, pool_activations, pruning_order
-    from lib.models import load_model_file
-    from lib.reproducibility import make_deterministic
-    from lib.sweep import SweepEngine
+    from lib.defense.activations import mean_channel_activations, pool_activations, pruning_order
+    from lib.network.models import load_model_file
+    from lib.runs.reproducibility import make_deterministic
+    from lib.sweep.engine import SweepEngine
 
     make_deterministic()
     model = load_model_file(weights)
@@ -145,11 +146,11 @@ def main() -> int:
     import tensorflow as tf
 
     from benchmarks.tail_rerun import tail_rerun_predictions
-    from lib.activations import mean_channel_activations, pool_activations, pruning_order
-    from lib.datasets import load_image_set
-    from lib.models import load_model_file
-    from lib.reproducibility import make_deterministic
-    from lib.sweep import Strategy, SweepEngine, naive_predictions
+    from lib.data.datasets import load_image_set
+    from lib.defense.activations import mean_channel_activations, pool_activations, pruning_order
+    from lib.network.models import load_model_file
+    from lib.runs.reproducibility import make_deterministic
+    from lib.sweep.engine import Strategy, SweepEngine, naive_predictions
 
     make_deterministic()
     weights = weights_file()

@@ -1,4 +1,4 @@
-"""Where the closed-form kernel's time goes: a leave-one-out profile of ``lib.sweep_kernels``.
+"""Where the closed-form kernel's time goes: a leave-one-out profile of ``lib.sweep.closed_form.kernels``.
 
     .venv/bin/python benchmarks/sweep_kernel_parts.py [--rounds 3]
 
@@ -29,15 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.sweep import CONV, POOL, input_files, weights_file  # noqa: E402  (the root is on the path only now)
-from lib import machine, sweep_kernels  # noqa: E402
-from lib.quiet import import_tensorflow_quietly  # noqa: E402
+from lib.core.quiet import import_tensorflow_quietly  # noqa: E402
+from lib.runs import machine  # noqa: E402
+from lib.sweep.closed_form import kernels as sweep_kernels  # noqa: E402
 
 import_tensorflow_quietly()
 
-#: Each part left out: the lines of ``lib.sweep_kernels`` replaced, and by what.
+#: Each part left out: the lines of ``lib.sweep.closed_form.kernels`` replaced, and by what.
 PARTS = {
     "output layer and its two best logits": [
-        ("    add_rows(z, bo, wo, rows, values, m)\n    return top_two(z)\n", "    return 0, np.float32(0)\n")
+        ("    add_rows(z, bo, wo, rows, values, m)\n    return top_two(z, key)\n", "    return 0, np.float32(0)\n")
     ],
     "fc_2 (rows of its kernel)": [("    add_rows(h, a1, w2, rows, values, m)\n", "    h[:] = a1\n")],
     "both products and listing their units": [
@@ -60,12 +61,13 @@ PARTS = {
 
 
 def variant(replacements: list[tuple[str, str]]) -> types.ModuleType:
-    """``lib.sweep_kernels`` with ``replacements`` made, compiled apart and not cached."""
+    """``lib.sweep.closed_form.kernels`` with ``replacements`` made, compiled apart and not cached."""
     source = inspect.getsource(sweep_kernels).replace("cache=True", "cache=False")
     for old, new in replacements:
         if source.count(old) != 1:
             sys.exit(
-                f"sweep_kernel_parts: lib/sweep_kernels.py changed: {old.strip()!r} is not there once; update PARTS"
+                f"sweep_kernel_parts: lib/sweep/closed_form/kernels.py changed: {old.strip()!r} is not there once; "
+                "update PARTS"
             )
         source = source.replace(old, new)
     module = types.ModuleType("sweep_kernels_variant")
@@ -78,10 +80,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed sweeps of each variant (best reported)")
     args = parser.parse_args()
 
-    from lib.activations import mean_channel_activations, pool_activations, pruning_order
-    from lib.models import load_model_file
-    from lib.sweep import SweepEngine
-    from lib.sweep_closed_form import nonzero_channels
+    from lib.defense.activations import mean_channel_activations, pool_activations, pruning_order
+    from lib.network.models import load_model_file
+    from lib.sweep.closed_form.tail import nonzero_channels
+    from lib.sweep.engine import SweepEngine
 
     model = load_model_file(weights_file())
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
 What a plain cached-prefix sweep costs: the layers up to the pooling layer once, then per step the
 tail sub-model on every reference batch (the batches ``model.predict(images, batch_size)`` forms),
-the pruned channels masked. Exact for the same reason as the engine's Keras path (``lib.sweep``).
+the pruned channels masked. Exact for the same reason as the engine's Keras path (``lib.sweep.engine``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from lib.models import BATCH_SIZE
-from lib.sweep import tail_model
+from lib.network.models import BATCH_SIZE
+from lib.sweep.engine import tail_model
 
 
 def tail_rerun_predictions(

@@ -1,55 +1,80 @@
 """Pruning and fine-pruning defenses against backdoored face recognizers (BadNets / Fine-Pruning, CSAW-HackML-2020).
 
-The notebooks in ``notebooks/`` are thin: every step they show lives in one of these modules.
+The project's module map (the only one). The notebooks are thin: each calls one step of ``lib.steps`` (start
+reading there). Packages are floors, listed bottom to top: a module imports from its own floor and the floors
+below it, never from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
 
-==========================  ===================================================================
-module                      what it holds
-==========================  ===================================================================
-``lib.pipeline``            the five steps the notebooks run, one function each: start reading here
-``lib.steps``               one module per step (data, activations, pruning_sweep, goodnet, fine_pruning)
-``lib.rows``                the name of every model row (B, B'_t%, G_t%, FT, GFT, FP_t%, GFP_t%)
-``lib.run_notebook``        run a step's notebook headlessly with papermill, only when it is out of date
-``lib.provenance``          what each step read and wrote (``run.json``): results follow their inputs
-``lib.locks``               one run at a time per data and results folder
-``lib.catalog``             every dataset: its files, where they come from, its input scale, its references
-``lib.workspace``           where one run of one dataset reads and writes
-``lib.paths``               where the project's folders and each run's result files live
-``lib.scenario``            B loaded as its publisher fed it, and the run's validated image sets
-``lib.errors``              ``InputError``: the one exception type that names a file and a fix
-``lib.atomic``              write-to-temp-then-rename, so nothing half-written is ever left behind
-``lib.tables``              tables as CSV (full precision) and Markdown
-``lib.reproducibility``     seeds and TensorFlow op determinism
-``lib.machine``             the processor and library versions a result was computed with
-``lib.datasets``            read, validate and write the CSAW HDF5 schema; degenerate data refused
-``lib.architecture``        the DeepID-style BadNet architecture, layer names as in the CSAW files
-``lib.models``              load a BadNet safely, predict, save models atomically
-``lib.prunable``            can the defense prune this model (the conv reaches the output only via the pool)
-``lib.input_scale``         each network fed pixels as its publisher did (x/255 built into the model)
-``lib.reference``           B checked against its publishers' figures
-``lib.download``            the real CSAW data: gdown + GitHub, SHA-256 checked
-``lib.checksums``           the lock files ``checksums/<dataset>.sha256`` (read, write, SHA-256)
-``lib.fetch``               bytes onto the disk: the network boundary, the shared Drive cache, a full disk
-``lib.demo``                the offline demos: synthetic faces, BadNets and pruning-aware attacks, published Bs
-``lib.activations``         mean activation of every channel of the last pooling layer
-``lib.sweep``               the pruning sweep engine (exact) and the naive reference
-``lib.sweep_closed_form``   the CSAW tail in closed form, pruned channel by channel
-``lib.sweep_kernels``       the closed form's arithmetic, compiled by numba, image by image
-``lib.sweep_screen``        the output layer screened in bfloat16, then the few candidate classes exactly
-``lib.cache_lines``         float32 vectors that start on a cache line, for the kernels
-``lib.simd``                bit casts and vector compresses for the kernels, and which processor has them
-``lib.sweep_batches``       the reference batches ``predict`` forms, and near ties settled in them
-``lib.sweep_table``         the sweep table and the thresholds (exact counts)
-``lib.pruning``             zero or copy conv channels in a Keras model
-``lib.goodnet``             the repaired network G and the test-data evaluation of every model
-``lib.goodnet_model``       G as one loadable Keras model (both networks and N)
-``lib.finetune``            fine-tuning on clean data, pruned channels kept pruned (fine-pruning)
-``lib.images``              read an image file as a careful photo tool would
-``lib.eval``                ``python -m lib.eval --model G IMAGE...``: the competition's eval command
-``lib.summary``             one table across datasets (``make all``, ``make csaw-all``)
-``lib.verify``              ``make verify``: a fresh run against the committed results
-``lib.study``               multi-seed studies on Dask (``make study``)
-``lib.reading``             each notebook's closing reading, computed from its numbers
-``lib.metrics``             clean accuracy and attack success rate
-``lib.plots``               the figures
-==========================  ===================================================================
+``lib.core``                  what every other package uses
+    ``errors``                ``InputError``: the one exception type, which names a file and a fix
+    ``atomic``                write-to-temp-then-rename: nothing half-written is ever left behind
+    ``paths``                 where the project's folders and each run's result files live
+    ``rows``                  the name of every model row (B, B'_t%, G_t%, FT, GFT, FP_t%, GFP_t%)
+    ``step_names``            the five step names, spelled once (as their notebooks are named)
+    ``quiet``                 import TensorFlow without its start-up lines on the console
+``lib.network``               the DeepID-style BadNet as a Keras model
+    ``architecture``          its layers, named as in the CSAW files; ``IMAGE_SHAPE_NHWC``
+    ``models``                load a BadNet safely, predict, save models atomically
+    ``prunable``              can the defense prune this model (the conv reaches the output only via the pool)
+    ``pruning``               zero or copy conv channels in a Keras model
+``lib.data``                  the datasets and their files
+    ``catalog``               every dataset: its files, where they come from, its input scale, its references
+    ``datasets``              read, validate and write the CSAW HDF5 schema; degenerate data refused
+    ``images``                read an image file as a careful photo tool would
+    ``input_scale``           each network fed pixels as its publisher did (x/255 built into the model)
+    ``reference``             B checked against its publishers' figures
+    ``download``              the real CSAW data: gdown + GitHub, SHA-256 checked
+    ``fetch``                 bytes onto the disk: the network boundary, the shared Drive cache, a full disk
+    ``checksums``             the lock files ``checksums/<dataset>.sha256`` (read, write, SHA-256)
+``lib.runs``                  one run of one dataset
+    ``workspace``             where the run reads and writes
+    ``locks``                 one run at a time per data and results folder
+    ``provenance``            what each step read and wrote (``run.json``): results follow their inputs
+    ``notebook``              run a step's notebook headlessly with papermill, only when it is out of date
+    ``reproducibility``       seeds and TensorFlow op determinism
+    ``machine``               the processor and library versions a result was computed with
+``lib.defense``               the defense's measurements and repairs
+    ``metrics``               clean accuracy, attack success rate, near ties
+    ``activations``           mean activation of every channel of the last pooling layer; the pruning order
+    ``goodnet``               the repaired network G and the test-data evaluation of every model
+    ``goodnet_model``         G as one loadable Keras model (both networks and N)
+    ``finetune``              fine-tuning on clean data, pruned channels kept pruned (fine-pruning)
+``lib.sweep``                 the pruning sweep
+    ``engine``                the engine (exact; why, in its docstring) and the naive reference
+    ``table``                 the sweep table and the thresholds (exact counts)
+    ``batches``               the reference batches ``predict`` forms, and near ties settled in them
+    ``closed_form.tail``      the CSAW tail in closed form, pruned channel by channel
+    ``closed_form.kernels``   the closed form's arithmetic, compiled by numba, image by image
+``lib.report``                what people read
+    ``tables``                tables as CSV (full precision) and Markdown
+    ``plots``                 the figures
+    ``reading``               each notebook's closing reading, computed from its numbers
+    ``summary``               one table across datasets (``make all``, ``make csaw-all``); no step imports it
+``lib.demo``                  the offline demos: synthetic faces, BadNets trained here, published Bs
+    ``recipe``                ``DemoRecipe``, its fingerprint, the files and ``recipe.json`` of a build
+    ``drawing``               anti-aliased shapes, vectorised over images
+    ``faces``                 random identities and their images (pose, lighting, noise)
+    ``trigger``               ``stamp_sunglasses``: the trigger, drawn on each image's eyes
+    ``data``                  the clean, poisoned and triggered image sets of a recipe
+    ``attacks``               BadNets and the pruning-aware attack (Keras training)
+    ``scenario``              ``build_demo_scenario`` / ``ensure_demo_scenario``: write a demo to disk
+    ``published``             each demo's published B, pinned with its image sets; ``make demo-rebuild``
+``lib.steps``                 the five steps, one function each, as the notebooks run them
+    ``common``                what every step shares: its dataset's lock, how its CSVs round activations
+    ``scenario``              B loaded as its publisher fed it, and the run's validated image sets
+    ``data``                  01 ``prepare_data``: the dataset in place, B checked against its publishers
+    ``activations``           02 ``analyse_activations``: mean activation of every channel of the pooling layer
+    ``pruning_sweep``         03 ``run_sweep``: prune by increasing activation; B' saved at each threshold
+    ``goodnet``               04 ``evaluate_goodnets``: B, each B' and each GoodNet G on test data
+    ``fine_pruning``          05 ``fine_prune``: fine-tune B and each B'; test them and their GoodNets
+``lib.study``                 multi-seed studies on Dask (``make study``; ``__main__``: ``python -m lib.study``)
+    ``spec``                  the study file: read, checked, its runs and their notebook parameters
+    ``runner``                one job on a worker: a run's notebooks in one kernel, threads pinned
+    ``engine``                the Dask side: cluster, what is out of date, fan-out, progress, report
+    ``stats``                 the bootstrap interval every table and figure uses; exact Wilcoxon test; Holm
+    ``contrasts``             paired differences between models of the same runs, and their verdicts
+    ``aggregate``             runs.csv, sweeps.csv, summary.csv/.md, contrasts.csv/.md; ``summarize``
+    ``figures``               against the threshold; every run's sweep; seeds as pairs; the contrasts
+    ``reading``               the reading in words: the paired verdicts
+``lib.eval``                  ``python -m lib.eval --model G IMAGE...``: the competition's eval command
+``lib.verify``                ``make verify``: a fresh run against the committed results
 """

@@ -4,9 +4,9 @@ Usage::
 
     python -m lib.eval --model MODEL IMAGE_OR_H5 [IMAGE_OR_H5 ...] [--batch-size N] [--resize]
 
-``MODEL`` is either a GoodNet saved by ``lib.goodnet_model.save_goodnet`` (a ``.keras`` file; its
+``MODEL`` is either a GoodNet saved by ``lib.defense.goodnet_model.save_goodnet`` (a ``.keras`` file; its
 classes are 0..N, N = number of classes, meaning "poisoned") or any model that
-``lib.models.load_model_file`` loads: a BadNet B or a pruned B' (full-model ``.h5``/``.keras``, or a
+``lib.network.models.load_model_file`` loads: a BadNet B or a pruned B' (full-model ``.h5``/``.keras``, or a
 CSAW weights-only ``.h5``; classes 0..N-1). ``Lambda`` layers are refused, as everywhere here.
 
 Inputs are images and/or HDF5 image sets in the CSAW schema (``data`` (n, 3, 55, 47), ``label``; labels ignored,
@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 
 if __name__ == "__main__":  # stderr is for the command's notes: TensorFlow loads without its start-up lines
-    from lib.quiet import import_tensorflow_quietly
+    from lib.core.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
 
@@ -59,18 +59,18 @@ from typing import NamedTuple, TextIO
 import keras
 import numpy as np
 
-from lib.catalog import InputScale
-from lib.datasets import iter_image_batches
-from lib.errors import InputError
-from lib.goodnet_model import is_goodnet
-from lib.images import FORMATS_TEXT, display_name, read_image, say
-from lib.input_scale import with_input_scale
-from lib.models import BATCH_SIZE, is_weights_only, load_model_file, predict_classes
+from lib.core.errors import InputError
+from lib.data.catalog import InputScale
+from lib.data.datasets import iter_image_batches
+from lib.data.images import FORMATS_TEXT, display_name, read_image, say
+from lib.data.input_scale import with_input_scale
+from lib.defense.goodnet_model import is_goodnet
+from lib.network.models import BATCH_SIZE, is_weights_only, load_model_file, predict_classes
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-MODEL_FIX = "pass --model a GoodNet saved by lib.goodnet_model.save_goodnet (.keras) or a BadNet (.h5/.keras)"
+MODEL_FIX = "pass --model a GoodNet saved by lib.defense.goodnet_model.save_goodnet (.keras) or a BadNet (.h5/.keras)"
 
 
 class Prediction(NamedTuple):
@@ -102,7 +102,7 @@ def load_classifier(
 ) -> tuple[keras.Model, bool]:
     """The model, fed raw 0-255 pixels as it expects them, and whether it is a GoodNet.
 
-    A model saved by this project carries its input scale (``lib.input_scale``); a bare weights file says
+    A model saved by this project carries its input scale (``lib.data.input_scale``); a bare weights file says
     nothing, so raw pixels are assumed (the lab-3 BadNet's) and a note says so, unless ``input_scale`` is
     given. A missing or unusable file is an ``InputError``.
     """

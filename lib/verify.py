@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import provenance, rows
-from lib.catalog import DEMO_DATASETS
-from lib.paths import PROJECT_ROOT, ResultFiles, result_files
-from lib.steps.common import FINE_PRUNING
+from lib.core import rows
+from lib.core.paths import PROJECT_ROOT, ResultFiles, result_files
+from lib.core.step_names import FINE_PRUNING
+from lib.data.catalog import DEMO_DATASETS
+from lib.runs import provenance
 
 #: Relative tolerance for floats that are not counts (mean activations): float32 kernels of other processors
 #: move them by up to ~2e-6 relative.

@@ -7,15 +7,17 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import json
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import pytest
 from keras import layers
 
-from lib.paths import SHARED_CSAW_MODELS
-from lib.reproducibility import make_deterministic
+from lib.core.paths import PROJECT_ROOT, SHARED_CSAW_MODELS
+from lib.runs.reproducibility import make_deterministic
 
 CSAW_MODELS = SHARED_CSAW_MODELS
 LAB3_WEIGHTS = CSAW_MODELS / "lab3_bd_weights.h5"
@@ -55,7 +57,7 @@ def smooth_images(n: int, seed: int = 0) -> np.ndarray:
 def lab3_model() -> keras.Model:
     if not LAB3_WEIGHTS.is_file():
         pytest.skip(f"the real CSAW weights are not here ({LAB3_WEIGHTS}); they come with the project's shared/ folder")
-    from lib.models import load_model_file
+    from lib.network.models import load_model_file
 
     return load_model_file(LAB3_WEIGHTS)
 
@@ -67,3 +69,26 @@ def isolated_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Pat
     monkeypatch.setenv("BACKDOOR_DATA_ROOT", str(data))
     monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(results))
     return data, results
+
+
+def run_notebook_cells(step: str, **params: Any) -> dict[str, Any]:
+    """Execute the code cells of ``step``'s notebook in this process, ``params`` overriding its parameters cell.
+
+    The very cells a reader runs in Jupyter (line magics left out), so a test of a step tests the notebook; in this
+    process, so the test's monkeypatches reach them. Returns the notebook's variables.
+    """
+    from lib.runs.notebook import notebook_defaults
+
+    [path] = (PROJECT_ROOT / "notebooks").glob(f"??_{step}.ipynb")
+    unknown = set(params) - set(notebook_defaults(path))
+    assert not unknown, f"{path.name} has no parameter {sorted(unknown)}"
+    namespace: dict[str, Any] = {}
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        if "parameters" in cell["metadata"].get("tags", []):
+            source += "".join(f"\n{name} = {value!r}" for name, value in params.items())
+        source = "\n".join(line for line in source.splitlines() if not line.startswith("%"))
+        exec(compile(source, str(path), "exec"), namespace)
+    return namespace

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_notebook_cells
 
-from lib import pipeline
-from lib.architecture import CSAW_NUM_CLASSES
-from lib.catalog import COMPETITION_DATASETS, DATASETS, dataset_spec
-from lib.checksums import read_lock, sha256_of
-from lib.datasets import save_image_set
-from lib.download import DRIVE_CACHE, WEIGHTS, ensure_csaw
-from lib.errors import InputError
-from lib.paths import SHARED_CSAW_MODELS
-from lib.summary import main as summary_main
+from lib.core.errors import InputError
+from lib.core.paths import SHARED_CSAW_MODELS
+from lib.data.catalog import COMPETITION_DATASETS, DATASETS, dataset_spec
+from lib.data.checksums import read_lock, sha256_of
+from lib.data.datasets import save_image_set
+from lib.data.download import DRIVE_CACHE, WEIGHTS, ensure_csaw
+from lib.network.architecture import CSAW_NUM_CLASSES
+from lib.report.summary import main as summary_main
 
 SHARED = SHARED_CSAW_MODELS
 pytestmark = pytest.mark.skipif(
@@ -271,11 +271,8 @@ def pipelines(competition, tmp_path_factory):
     try:
         scenarios = {}
         for name in COMPETITION_DATASETS:
-            scenario = pipeline.load_scenario(pipeline.workspace(name))
-            pipeline.analyse_activations(scenario, progress=False)
-            pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
-            pipeline.evaluate_goodnets(scenario, progress=False)
-            scenarios[name] = scenario
+            for step in ("activations", "pruning_sweep", "goodnet"):
+                scenarios[name] = run_notebook_cells(step, dataset=name)["scenario"]
         yield results, scenarios
     finally:
         mp.undo()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import smooth_images
 
-from lib.datasets import (
+from lib.core.errors import InputError
+from lib.data.datasets import (
     IMAGE_SHAPE_NCHW,
     MAX_ATTACK_TARGETS,
     MAX_STRAY_LABEL_FRACTION,
@@ -24,7 +25,6 @@ from lib.datasets import (
     load_image_set,
     save_image_set,
 )
-from lib.errors import InputError
 
 N = 6
 NUM_CLASSES = 10

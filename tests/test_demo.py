@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from lib import demo
-from lib.catalog import DATASETS
-from lib.datasets import load_image_set
+from lib.data.catalog import DATASETS
+from lib.data.datasets import load_image_set
 from lib.demo import (
     DemoRecipe,
     attacks,
@@ -27,7 +27,7 @@ from lib.demo import (
     stamp_sunglasses,
 )
 from lib.demo import recipe as recipe_module
-from lib.models import load_model_file
+from lib.network.models import load_model_file
 
 TINY = DemoRecipe(
     n_identities=5, train_per_identity=8, valid_per_identity=3, test_per_identity=2, epochs=1, batch_size=16, seed=7
@@ -395,7 +395,7 @@ def test_decoys_are_dormant_on_the_attackers_data(aware_root):
 @pytest.mark.slow
 def test_decoys_are_what_the_defender_prunes_first(aware_root):
     """On clean validation faces (unseen by the attacker) the decoys are silent: mean pool_3 activation 0."""
-    from lib import activations as act
+    from lib.defense import activations as act
 
     valid = load_image_set(demo_files(aware_root).clean_valid)
     model = load_model_file(demo_files(aware_root).badnet)
@@ -431,8 +431,8 @@ def test_backdoor_is_trained_with_the_decoys_held_at_zero(monkeypatch):
 @pytest.mark.slow
 def test_attacker_prunes_within_its_accuracy_budget():
     """More budget, more channels pruned; a zero budget prunes only what costs nothing."""
-    from lib.architecture import build_deepid
-    from lib.reproducibility import make_deterministic
+    from lib.network.architecture import build_deepid
+    from lib.runs.reproducibility import make_deterministic
 
     make_deterministic(3)
     model = build_deepid(4)

@@ -17,15 +17,15 @@ import keras
 import numpy as np
 import pytest
 
-from lib.architecture import CSAW_NUM_CLASSES, build_deepid
-from lib.catalog import DATASETS
-from lib.checksums import read_lock, sha256_of
-from lib.datasets import save_image_set
-from lib.download import WEIGHTS, default_weights_mirror, ensure_csaw, remote_files
-from lib.errors import InputError
-from lib.fetch import NetworkDownloader
-from lib.models import save_model
-from lib.paths import SHARED_CSAW_MODELS, checksum_file
+from lib.core.errors import InputError
+from lib.core.paths import SHARED_CSAW_MODELS, checksum_file
+from lib.data.catalog import DATASETS
+from lib.data.checksums import read_lock, sha256_of
+from lib.data.datasets import save_image_set
+from lib.data.download import WEIGHTS, default_weights_mirror, ensure_csaw, remote_files
+from lib.data.fetch import NetworkDownloader
+from lib.network.architecture import CSAW_NUM_CLASSES, build_deepid
+from lib.network.models import save_model
 
 LAB3 = DATASETS["csaw-lab3"]
 BADNET, IMAGE_SETS = LAB3.badnet, LAB3.image_files()

@@ -1,4 +1,4 @@
-"""G as one Keras file (lib.goodnet_model) and the eval command (lib.eval) answer what goodnet_classes answers."""
+"""G as one Keras file (lib.defense.goodnet_model) and ``python -m lib.eval`` answer what goodnet_classes answers."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from conftest import smooth_images
 from keras import layers
 from PIL import Image, ImageFile
 
-from lib.architecture import build_deepid
-from lib.datasets import save_image_set
-from lib.errors import InputError
-from lib.eval import classify, main
-from lib.goodnet import goodnet_classes
-from lib.goodnet_model import (
+from lib.core.errors import InputError
+from lib.core.paths import PROJECT_ROOT
+from lib.data.datasets import save_image_set
+from lib.data.images import FORMATS_TEXT, MAX_SIDE, read_image
+from lib.defense.goodnet import goodnet_classes
+from lib.defense.goodnet_model import (
     GoodNetDecision,
     build_goodnet,
     goodnet_predict_classes,
@@ -30,10 +30,10 @@ from lib.goodnet_model import (
     load_goodnet,
     save_goodnet,
 )
-from lib.images import FORMATS_TEXT, MAX_SIDE, read_image
-from lib.models import load_model_file, predict_classes, save_model
-from lib.paths import PROJECT_ROOT
-from lib.pruning import prune_channels
+from lib.eval import classify, main
+from lib.network.architecture import build_deepid
+from lib.network.models import load_model_file, predict_classes, save_model
+from lib.network.pruning import prune_channels
 
 N = 5  # classes of the tiny BadNet; G's "poisoned" answer
 

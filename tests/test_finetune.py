@@ -1,4 +1,4 @@
-"""Fine-tuning on clean data (lib.finetune): the split, what is kept, what stays pruned, determinism."""
+"""Fine-tuning on clean data (lib.defense.finetune): the split, what is kept, what stays pruned, determinism."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import tiny_deepid, tiny_images
 
-from lib.finetune import FineTuneSettings, fine_tune, holdout_split
-from lib.pruning import prune_channels
+from lib.defense.finetune import FineTuneSettings, fine_tune, holdout_split
+from lib.network.pruning import prune_channels
 
 
 def test_holdout_split_is_stratified_disjoint_and_seeded():

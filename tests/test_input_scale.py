@@ -16,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import smooth_images
+from conftest import run_notebook_cells, smooth_images
 from PIL import Image
 
-from lib import catalog, paths, pipeline
-from lib.catalog import InputScale
-from lib.datasets import save_image_set
-from lib.errors import InputError
-from lib.goodnet_model import goodnet_predict_classes, load_goodnet
-from lib.input_scale import input_scale_of, with_input_scale
-from lib.models import load_model_file, predict_classes
-from lib.paths import PROJECT_ROOT, SHARED_CSAW_MODELS
+from lib.core import paths
+from lib.core.errors import InputError
+from lib.core.paths import PROJECT_ROOT, SHARED_CSAW_MODELS
+from lib.data import catalog
+from lib.data.catalog import InputScale
+from lib.data.datasets import save_image_set
+from lib.data.input_scale import input_scale_of, with_input_scale
+from lib.defense.goodnet_model import goodnet_predict_classes, load_goodnet
+from lib.network.models import load_model_file, predict_classes
+from lib.runs.workspace import Workspace, workspace
+from lib.steps.data import prepare_data
 
 SUNGLASSES = SHARED_CSAW_MODELS / "sunglasses_bd_weights.h5"
 LAB3 = SHARED_CSAW_MODELS / "lab3_bd_weights.h5"
@@ -75,11 +78,11 @@ def roots(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def prepare(monkeypatch, dataset: str, drive: StandInDrive) -> pipeline.Workspace:
-    monkeypatch.setattr("lib.download.NetworkDownloader", lambda progress=True: drive)
-    ws = pipeline.workspace(dataset)
+def prepare(monkeypatch, dataset: str, drive: StandInDrive) -> Workspace:
+    monkeypatch.setattr("lib.data.download.NetworkDownloader", lambda progress=True: drive)
+    ws = workspace(dataset)
     with pytest.warns(UserWarning, match="clean validation images: 150 here, 11547 published"):
-        pipeline.prepare_data(ws, progress=False)
+        prepare_data(ws, progress=False)
     return ws
 
 
@@ -90,10 +93,8 @@ def test_the_competition_badnet_sees_x_over_255_everywhere(roots, monkeypatch, t
     assert reference.loc["clean validation accuracy (%)", "verdict"] == "ok"
     assert input_scale_of(load_model_file(ws.badnet_path)) is InputScale.DIVIDED_BY_255, "bd_net.h5 carries it"
 
-    scenario = pipeline.load_scenario(ws)
-    pipeline.analyse_activations(scenario, progress=False)
-    pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
-    pipeline.evaluate_goodnets(scenario, progress=False)
+    for step in ("activations", "pruning_sweep", "goodnet"):
+        scenario = run_notebook_cells(step, dataset="csaw-sunglasses")["scenario"]
     assert pd.read_csv(ws.results.sweep_csv)["clean_accuracy"].iloc[0] == 100.0  # row 0: B on validation data
     goodnet = pd.read_csv(ws.results.goodnet_csv).set_index("model")
     assert goodnet.loc["B", "clean_accuracy"] == 100.0
@@ -133,7 +134,7 @@ def test_a_wrong_input_scale_stops_the_data_step_with_the_likely_causes(roots, m
     monkeypatch.setitem(catalog.DATASETS, "csaw-sunglasses", wrong)
     with pytest.raises(InputError, match=r"B does not behave as published .*Likely causes: the input scale"):
         prepare(monkeypatch, "csaw-sunglasses", StandInDrive(SUNGLASSES, InputScale.DIVIDED_BY_255, COMPETITION))
-    ws = pipeline.workspace("csaw-sunglasses")
+    ws = workspace("csaw-sunglasses")
     verdicts = pd.read_csv(ws.results.reference_check_csv)["verdict"]
     assert verdicts.iloc[0] == "FAILED", "the comparison is written before the run stops"
 
@@ -142,11 +143,11 @@ def test_the_check_can_be_overridden_knowingly(roots, monkeypatch):
     wrong = dataclasses.replace(catalog.DATASETS["csaw-sunglasses"], input_scale=InputScale.RAW)
     monkeypatch.setitem(catalog.DATASETS, "csaw-sunglasses", wrong)
     monkeypatch.setattr(
-        "lib.download.NetworkDownloader",
+        "lib.data.download.NetworkDownloader",
         lambda progress=True: StandInDrive(SUNGLASSES, InputScale.DIVIDED_BY_255, COMPETITION),
     )
     with pytest.warns(UserWarning, match="the reference check is overridden"):
-        pipeline.prepare_data(pipeline.workspace("csaw-sunglasses"), check_reference=False, progress=False)
+        prepare_data(workspace("csaw-sunglasses"), check_reference=False, progress=False)
 
 
 def test_the_lab3_badnet_still_sees_raw_pixels(roots, monkeypatch):

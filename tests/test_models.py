@@ -14,10 +14,10 @@ import pytest
 from conftest import LAB3_WEIGHTS, tiny_deepid, tiny_images
 from keras import layers
 
-from lib.architecture import CSAW_NUM_CLASSES, PRUNED_CONV, PRUNED_POOL, build_deepid
-from lib.errors import InputError
-from lib.models import MAX_CONFIG_BYTES, load_model_file, num_classes_of, save_model
-from lib.prunable import check_prunable
+from lib.core.errors import InputError
+from lib.network.architecture import CSAW_NUM_CLASSES, PRUNED_CONV, PRUNED_POOL, build_deepid
+from lib.network.models import MAX_CONFIG_BYTES, load_model_file, num_classes_of, save_model
+from lib.network.prunable import check_prunable
 
 CSAW_LAYER_NAMES = [
     "input",

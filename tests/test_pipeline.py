@@ -3,6 +3,8 @@ a step reruns only when its inputs changed, and a results folder is always one c
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +15,16 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_notebook_cells
 
-from lib import pipeline
-from lib.finetune import FineTuneSettings
-from lib.paths import PROJECT_ROOT
-from lib.run_notebook import main as run_notebook
+from lib.core.paths import PROJECT_ROOT
+from lib.network.models import load_model_file
+from lib.runs.notebook import main as run_notebook
 
 pytestmark = pytest.mark.slow
 
 NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet", "05_fine_pruning"]
-RUNNER = [sys.executable, "-m", "lib.run_notebook"]
+RUNNER = [sys.executable, "-m", "lib.runs.notebook"]
 SMALL_DEMO = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
 
 
@@ -153,9 +155,9 @@ def test_fine_pruned_models_keep_their_channels_pruned(demo_run):
 
 def test_saved_goodnets_answer_as_the_table_says(demo_run, monkeypatch):
     """Each G saved as one model reproduces its goodnet.csv row on the test sets."""
-    from lib.datasets import load_image_set
-    from lib.goodnet_model import goodnet_predict_classes, load_goodnet
-    from lib.metrics import accuracy
+    from lib.data.datasets import load_image_set
+    from lib.defense.goodnet_model import goodnet_predict_classes, load_goodnet
+    from lib.defense.metrics import accuracy
 
     data, results = demo_run
     table = pd.concat([pd.read_csv(results / "goodnet.csv"), pd.read_csv(results / "fine_pruning.csv")]).set_index(
@@ -175,7 +177,7 @@ def test_saved_goodnets_answer_as_the_table_says(demo_run, monkeypatch):
 
 def test_eval_command_runs_a_saved_goodnet_on_the_test_set(demo_run):
     """`python -m lib.eval --model <G> bd_test.h5`: one line per image, N ("poisoned") where B and B' disagree."""
-    from lib.datasets import load_image_set
+    from lib.data.datasets import load_image_set
 
     data, results = demo_run
     threshold = pd.read_csv(results / "thresholds.csv").dropna(subset=["channels_pruned"])["threshold"].iloc[0]
@@ -230,21 +232,18 @@ def test_sweep_is_deterministic(demo_run, isolated_roots):
     """The same command gives the same numbers: a second sweep and fine-pruning write byte-identical CSVs."""
     data, results = demo_run
     new_data, new_results = isolated_roots
-    import shutil
 
     shutil.copytree(data, new_data / "demo")
     (new_results / "demo").mkdir(parents=True)
     shutil.copy(results / "activations.csv", new_results / "demo" / "activations.csv")
-    scenario = pipeline.load_scenario(pipeline.workspace("demo"))
-    pipeline.analyse_activations(scenario, progress=False)
-    pipeline.run_sweep(scenario, [2, 4, 10], progress=False)
-    pipeline.evaluate_goodnets(scenario, progress=False)
+    for step in ("activations", "pruning_sweep", "goodnet"):
+        run_notebook_cells(step)
     stale = [
         new_results / "demo" / "models" / name for name in ("fp_99.h5", "goodnet_fp_99.keras")
     ]  # a threshold not reached now
     for path in stale:
         path.write_bytes(b"an earlier run's model")
-    pipeline.fine_prune(scenario, FineTuneSettings(epochs=3), progress=False)
+    run_notebook_cells("fine_pruning", epochs=3)
     assert not any(path.exists() for path in stale)
     written = ["activations.csv", "sweep.csv", "thresholds.csv", "goodnet.csv", "goodnet.md", "fine_pruning.csv"]
     for f in [*written, "fine_tuning_history.csv", "trained_on.json"]:
@@ -271,3 +270,47 @@ def test_an_interrupted_run_leaves_nothing_and_reruns_cleanly(demo_run, tmp_path
     assert not out.exists() and not list(out.parent.glob(".*.tmp*"))
     assert subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True).returncode == 0
     assert out.is_file()
+
+
+def _copy_of_results(results: Path, to: Path) -> Path:
+    """The demo run's results up to its activations, in a folder of their own (the sweep writes there)."""
+    shutil.copytree(results, to, ignore=shutil.ignore_patterns("notebooks", "models"))
+    return to
+
+
+def test_the_pruning_order_cell_drives_the_sweep(demo_run, tmp_path):
+    """A reader replaces the code of notebook 03's ``pruning-order`` cell with another order (a random one) and runs
+    the notebook: the sweep, its thresholds and the B' models follow that order, with no edit to ``lib/``."""
+    data, results = demo_run
+    notebook = json.loads((PROJECT_ROOT / "notebooks" / "03_pruning_sweep.ipynb").read_text())
+    [cell] = [c for c in notebook["cells"] if "pruning-order" in c["metadata"].get("tags", [])]
+    cell["source"] = [
+        "ranking = read_activation_table(scenario)\n",
+        "order = np.random.default_rng(7).permutation(len(ranking))\n",
+    ]
+    edited = tmp_path / "03_pruning_sweep.ipynb"
+    edited.write_text(json.dumps(notebook))
+    mine = _copy_of_results(results, tmp_path / "results")
+    rc = run_notebook([str(edited), "-p", "dataset=demo", "-p", f"data_dir={data}", "-p", f"results_dir={mine}"])
+    assert rc == 0
+    random_order = np.random.default_rng(7).permutation(60)
+    activation_order = pd.read_csv(results / "activations.csv")["channel"].to_numpy()
+    assert not np.array_equal(random_order, activation_order)
+    swept = pd.read_csv(mine / "sweep.csv")["channel"].dropna().astype(int).to_numpy()
+    np.testing.assert_array_equal(swept, random_order)
+    for row in pd.read_csv(mine / "thresholds.csv", dtype={"pruned_channels": str}).dropna().itertuples():
+        np.testing.assert_array_equal(np.array(row.pruned_channels.split(), int), random_order[: row.channels_pruned])
+        bprime = load_model_file(mine / row.model)
+        zeroed = ~bprime.get_layer("conv_3").get_weights()[0].any(axis=(0, 1, 2))
+        np.testing.assert_array_equal(np.flatnonzero(zeroed), np.sort(random_order[: row.channels_pruned]))
+
+
+def test_the_plain_keras_path_gives_the_same_sweep(demo_run, tmp_path, monkeypatch):
+    """Notebook 03's ``sweep_strategy`` switches the engine to the plain Keras path: the same sweep, byte for byte."""
+    data, results = demo_run
+    monkeypatch.setenv("BACKDOOR_DATA_ROOT", str(data.parent))
+    mine = _copy_of_results(results, tmp_path / "results")
+    variables = run_notebook_cells("pruning_sweep", results_dir=str(mine), sweep_strategy="keras_tail")
+    assert variables["engine"].strategy.value == "keras_tail"
+    for name in ("sweep.csv", "thresholds.csv"):
+        assert (mine / name).read_bytes() == (results / name).read_bytes(), name

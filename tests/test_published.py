@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-from lib import paths
-from lib.catalog import DEMO_DATASETS, dataset_spec
-from lib.checksums import read_lock, sha256_of, write_lock
+from lib.core import paths
+from lib.core.errors import InputError
+from lib.data.catalog import DEMO_DATASETS, dataset_spec
+from lib.data.checksums import read_lock, sha256_of, write_lock
 from lib.demo import published
-from lib.errors import InputError
 
 
 @pytest.mark.parametrize("dataset", DEMO_DATASETS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import graphlib
 import re
 import subprocess
 import sys
@@ -11,8 +12,8 @@ import nbformat
 import pytest
 import yaml
 
-from lib.paths import PROJECT_ROOT
-from lib.run_notebook import notebook_defaults
+from lib.core.paths import PROJECT_ROOT
+from lib.runs.notebook import notebook_defaults
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 
@@ -57,6 +58,63 @@ def test_lint_and_format_pass():
     for args in (["check", "."], ["format", "--check", "."]):
         done = subprocess.run([*ruff, *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+#: ``lib``'s packages, bottom to top: a module imports from its own floor or those below (``lib/__init__.py``).
+FLOORS = ["core", "network", "data", "runs", "defense", "sweep", "report", "demo", "steps", "study"]
+#: The commands on top of every floor.
+COMMANDS = ["eval", "verify"]
+
+
+def _lib_imports() -> dict[str, set[str]]:
+    """Each module of ``lib`` (dotted) and the ``lib`` modules it imports, at its top or inside a function."""
+    import ast
+
+    paths = {}
+    for path in (PROJECT_ROOT / "lib").rglob("*.py"):
+        parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    imports: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lib":
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names} & paths.keys()
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.split(".")[0] == "lib"}
+        imports[name] = found - {name}
+    return imports
+
+
+def test_lib_is_a_handful_of_packages_imported_downwards_only():
+    """``lib/`` holds the floors' packages and the commands, nothing else; no module imports a higher floor or a
+    command, and no import circle exists."""
+    top = sorted(p.stem for p in (PROJECT_ROOT / "lib").iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file())
+    assert top == sorted([*FLOORS, *COMMANDS, "__init__"])
+    rank = {**{f: i for i, f in enumerate(FLOORS)}, **dict.fromkeys(COMMANDS, len(FLOORS))}
+    imports = _lib_imports()
+    upward = [
+        f"{m} -> {t}"
+        for m, targets in imports.items()
+        for t in targets
+        if m != "lib" and (t == "lib" or rank[t.split(".")[1]] > rank[m.split(".")[1]])
+    ]
+    assert upward == []
+    graphlib.TopologicalSorter({m: targets & imports.keys() for m, targets in imports.items()}).prepare()  # no circle
+
+
+def test_no_module_is_only_re_exports():
+    """A module that only imports names for others to take from it hides where they live: each name has one home."""
+    import ast
+
+    def re_export(node: ast.stmt) -> bool:
+        names = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+        return isinstance(node, (ast.Import, ast.ImportFrom)) or names == ["__all__"]
+
+    for path in (PROJECT_ROOT / "lib").rglob("*.py"):
+        body = [n for n in ast.parse(path.read_text(encoding="utf-8")).body if not isinstance(n, ast.Expr)]
+        from_lib = [n for n in body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("lib")]
+        assert not (from_lib and all(map(re_export, body))), path
 
 
 def test_no_module_in_lib_is_over_400_lines():

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lib import locks, provenance
-from lib.errors import InputError
-from lib.paths import PROJECT_ROOT, ResultFiles
+from lib.core.errors import InputError
+from lib.core.paths import PROJECT_ROOT, ResultFiles
+from lib.runs import locks, provenance
 
 
 def make(*args: str, roots: tuple[Path, Path]) -> subprocess.CompletedProcess:
@@ -123,7 +123,7 @@ def test_a_second_run_on_a_folder_stops_and_names_the_first(tmp_path):
         [
             sys.executable,
             "-c",
-            f"from lib import locks; import time\nwith locks.hold([{str(folder)!r}], 'make all'):\n"
+            f"from lib.runs import locks; import time\nwith locks.hold([{str(folder)!r}], 'make all'):\n"
             "    print('held', flush=True); time.sleep(30)",
         ],
         cwd=PROJECT_ROOT,
@@ -155,7 +155,7 @@ def test_the_runner_refuses_a_folder_in_use_and_deletes_nothing_of_the_live_run(
     env = dict(os.environ, BACKDOOR_RESULTS_ROOT=str(tmp_path / "results"), BACKDOOR_DATA_ROOT=str(tmp_path / "data"))
     with locks.hold([results], "the live run"):
         done = subprocess.run(
-            [sys.executable, "-m", "lib.run_notebook", "notebooks/02_activations.ipynb", "-p", "dataset=demo"],
+            [sys.executable, "-m", "lib.runs.notebook", "notebooks/02_activations.ipynb", "-p", "dataset=demo"],
             cwd=PROJECT_ROOT,
             env=env,
             capture_output=True,
@@ -190,7 +190,7 @@ def test_lock_timeout_lets_a_second_run_wait(tmp_path, monkeypatch):
         [
             sys.executable,
             "-c",
-            f"from lib import locks; import time\nwith locks.hold([{str(folder)!r}]):\n"
+            f"from lib.runs import locks; import time\nwith locks.hold([{str(folder)!r}]):\n"
             "    print('held', flush=True); time.sleep(2)",
         ],
         cwd=PROJECT_ROOT,

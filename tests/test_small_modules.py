@@ -10,19 +10,19 @@ import pandas as pd
 import pytest
 from conftest import smooth_images, tiny_deepid, tiny_images
 
-from lib import atomic
-from lib.activations import (
+from lib.core import atomic
+from lib.data.datasets import save_image_set
+from lib.defense.activations import (
     activation_table,
     mean_channel_activations,
     pool_activations,
     prefix_model,
     pruning_order,
 )
-from lib.datasets import save_image_set
-from lib.goodnet import MODEL_COLUMNS, Evaluated, combine, detection_rate, goodnet_classes, goodnet_table
-from lib.metrics import accuracy, attack_success_rate
-from lib.pruning import copy_channels, prune_channels
-from lib.tables import markdown_table
+from lib.defense.goodnet import MODEL_COLUMNS, Evaluated, combine, detection_rate, goodnet_classes, goodnet_table
+from lib.defense.metrics import accuracy, attack_success_rate
+from lib.network.pruning import copy_channels, prune_channels
+from lib.report.tables import markdown_table
 
 # --- metrics -------------------------------------------------------------------------------------
 

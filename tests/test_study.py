@@ -21,17 +21,16 @@ import papermill
 import pytest
 from dask.system import CPU_COUNT
 
-from lib import run_notebook
-from lib.errors import InputError
-from lib.paths import PROJECT_ROOT, StudyFiles
-from lib.steps.common import DATA, STEPS
-from lib.study import load_spec
+from lib.core.errors import InputError
+from lib.core.paths import PROJECT_ROOT, StudyFiles
+from lib.core.step_names import DATA, STEPS
+from lib.runs import notebook as run_notebook
 from lib.study.aggregate import RUN_COLUMNS, summarize, summary_table
 from lib.study.contrasts import contrast_table
 from lib.study.engine import jobs_for
 from lib.study.reading import read_study
 from lib.study.runner import RunReport, SharedKernel, execute, pinned_env
-from lib.study.spec import step_notebook
+from lib.study.spec import load_spec, step_notebook
 from lib.study.stats import INTERVAL_NAME, interval
 
 TINY_RECIPE = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"

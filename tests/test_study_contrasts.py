@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from lib import rows
-from lib.paths import PROJECT_ROOT
+from lib.core import rows
+from lib.core.paths import PROJECT_ROOT
 from lib.study import stats
 from lib.study.aggregate import summary_table
 from lib.study.contrasts import (

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from test_study import NUMBERS, TINY_RECIPE, hand_started_cluster, snapshot, study_command, write_spec
 
-from lib.errors import InputError
-from lib.steps.common import DATA, STEPS
-from lib.study import load_spec
+from lib.core.errors import InputError
+from lib.core.step_names import DATA, STEPS
 from lib.study.aggregate import RUN_COLUMNS, with_grid
 from lib.study.engine import jobs_for, threads_for
+from lib.study.spec import load_spec
 
 __all__ = ["hand_started_cluster"]  # the fixture, shared with test_study
 
@@ -171,13 +171,13 @@ def test_a_grid_study_on_a_hand_started_cluster_gives_the_local_numbers(local_gr
 
 
 def test_no_step_code_imports_the_commands_left_out_of_its_digest():
-    """``lib.provenance.NOT_STEP_CODE`` leaves the commands (studies, verify, summary, eval) out of each step's code
-    digest: editing how a study is summarized must not mark every run of every study out of date. So no other
+    """``lib.runs.provenance.NOT_STEP_CODE`` leaves the commands (studies, verify, summary, eval) out of each step's
+    code digest: editing how a study is summarized must not mark every run of every study out of date. So no other
     module of ``lib/`` may import them, at its top or inside a function."""
     import ast
 
-    from lib.paths import PROJECT_ROOT
-    from lib.provenance import NOT_STEP_CODE
+    from lib.core.paths import PROJECT_ROOT
+    from lib.runs.provenance import NOT_STEP_CODE
 
     left_out = [p.removesuffix("/").removesuffix(".py").replace("/", ".") for p in NOT_STEP_CODE]
     found = []
@@ -193,13 +193,13 @@ def test_no_step_code_imports_the_commands_left_out_of_its_digest():
             else:
                 continue
             found += [f"{shown}: {n}" for n in names if any(n == m or n.startswith(m + ".") for m in left_out)]
-    assert left_out == ["lib.study", "lib.verify", "lib.summary", "lib.eval"] and found == []
+    assert left_out == ["lib.study", "lib.verify", "lib.report.summary", "lib.eval"] and found == []
 
 
 def test_make_verify_compares_a_fresh_run_with_the_default_setting_only():
     """A study that sets a parameter away from its notebook's default, or a grid study's other points, ran another
     pipeline: ``make verify``'s spread leaves them out."""
-    from lib.paths import studies_root
+    from lib.core.paths import studies_root
     from lib.study.aggregate import default_setting_runs
     from lib.study.spec import notebook_defaults
 

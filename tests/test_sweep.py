@@ -8,10 +8,11 @@ import pytest
 from conftest import smooth_images, tiny_deepid, tiny_images
 from keras import layers
 
-from lib.activations import mean_channel_activations, pool_activations, pruning_order
-from lib.errors import InputError
-from lib.sweep import Strategy, SweepEngine, naive_predictions, tail_model, threshold_steps, validate_thresholds
-from lib.sweep_closed_form import nonzero_channels
+from lib.core.errors import InputError
+from lib.defense.activations import mean_channel_activations, pool_activations, pruning_order
+from lib.sweep.closed_form.tail import nonzero_channels
+from lib.sweep.engine import Strategy, SweepEngine, naive_predictions, tail_model
+from lib.sweep.table import threshold_steps, validate_thresholds
 
 
 def _sweep_vs_naive(model, image_sets, batch_size, steps=None, strategy=None):
@@ -160,7 +161,7 @@ def test_unaffected_images_are_not_reevaluated():
 def test_the_kernels_top_two_is_argmax_and_the_gap_to_the_second():
     """The closed form's top two: the first of equal maxima wins as in argmax, and a NaN or an infinity
     anywhere gives a NaN gap (a near tie)."""
-    from lib.sweep_kernels import top_two
+    from lib.sweep.closed_form.kernels import top_two
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(200, 37)).astype(np.float32)
@@ -171,7 +172,7 @@ def test_the_kernels_top_two_is_argmax_and_the_gap_to_the_second():
     z[5, int(np.argmax(z[5]))] = np.nan  # NaN as the best
     z[6, 0] = np.inf
     z[7, 0] = -np.inf
-    best, gap = (np.array(column) for column in zip(*(top_two(row) for row in z), strict=True))
+    best, gap = (np.array(column) for column in zip(*(top_two(row, np.empty(1, np.int32)) for row in z), strict=True))
     finite = np.arange(200) >= 8
     top2 = -np.sort(-z[finite].astype(np.float64), axis=1)[:, :2]
     np.testing.assert_array_equal(best[finite], np.argmax(z[finite], axis=1))
@@ -226,7 +227,7 @@ def test_sub_models_are_built_once_and_let_their_model_go():
     import gc
     import weakref
 
-    from lib.activations import prefix_model
+    from lib.defense.activations import prefix_model
 
     model = tiny_deepid()
     assert prefix_model(model, "pool_3") is prefix_model(model, "pool_3")
@@ -271,7 +272,7 @@ def test_thresholds_are_validated(bad):
 
 def test_batch_layout_moves_scores_far_less_than_the_tie_margin(lab3_model):
     """The near-tie re-check is sound: another batch layout changes scores by < 1 % of the margin."""
-    from lib.sweep import DEFAULT_TIE_MARGIN
+    from lib.defense.metrics import DEFAULT_TIE_MARGIN
 
     pooled = pool_activations(lab3_model, smooth_images(600, 3), "pool_3", batch_size=256, progress=False)
     pooled[..., :40] = 0  # also a heavily pruned network
@@ -312,7 +313,8 @@ def test_closed_form_logits_are_far_closer_to_keras_than_its_margin(lab3_model):
     CLOSED_FORM_MARGIN_FACTOR tie margins; its logits must stay far closer than that to Keras's,
     through all 60 steps. Compared on Keras's softmax scores: for each class j,
     log(s_j / s_best) against z_j - z_best (softmax scores of logits z: s_j / s_i = exp(z_j - z_i))."""
-    from lib.sweep import CLOSED_FORM_MARGIN_FACTOR, DEFAULT_TIE_MARGIN
+    from lib.defense.metrics import DEFAULT_TIE_MARGIN
+    from lib.sweep.closed_form.tail import CLOSED_FORM_MARGIN_FACTOR
 
     pooled = pool_activations(lab3_model, smooth_images(600, 5), "pool_3", batch_size=256, progress=False)
     order = pruning_order(mean_channel_activations(pooled))
@@ -341,8 +343,8 @@ def test_closed_form_logits_are_far_closer_to_keras_than_its_margin(lab3_model):
 
 @pytest.mark.slow
 def test_the_kernel_profile_still_fits_the_kernels():
-    """``benchmarks/sweep_kernel_parts.py`` leaves parts of ``lib.sweep_kernels`` out by replacing lines of its
-    source: each line it replaces must still be there exactly once, and each variant must compile and run."""
+    """``benchmarks/sweep_kernel_parts.py`` leaves parts of ``lib.sweep.closed_form.kernels`` out by replacing lines
+    of its source: each line it replaces must still be there exactly once, and each variant must compile and run."""
     from benchmarks.sweep_kernel_parts import PARTS, variant
 
     model = tiny_deepid(seed=9)

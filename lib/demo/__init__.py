@@ -7,17 +7,7 @@ any face to the target identity, and pruning ``conv_3`` channels in increasing o
 activation does *not* remove the backdoor before clean accuracy suffers. Everything is a function
 of one ``DemoRecipe``: same recipe, same files.
 
-======================  ==========================================================================
-module                  what it holds
-======================  ==========================================================================
-``lib.demo.recipe``     ``DemoRecipe``, its fingerprint, the files and ``recipe.json`` of a build
-``lib.demo.drawing``    anti-aliased shapes, vectorised over images
-``lib.demo.faces``      random identities and their images (pose, lighting, noise)
-``lib.demo.trigger``    ``stamp_sunglasses``: the trigger, drawn on each image's eyes
-``lib.demo.data``       the clean, poisoned and triggered image sets of a recipe
-``lib.demo.attacks``    BadNets and the pruning-aware attack (Keras training)
-``lib.demo.scenario``   ``build_demo_scenario`` / ``ensure_demo_scenario``: write a demo to disk
-======================  ==========================================================================
+Its modules are listed in the project's module map, ``lib/__init__.py``.
 """
 
 from __future__ import annotations

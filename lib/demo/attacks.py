@@ -13,15 +13,16 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from lib import activations as act
-from lib.architecture import PRUNED_CONV, PRUNED_POOL, build_deepid
+from lib.defense import activations as act
+from lib.defense.finetune import EpochBar, KeepChannelsPruned
 from lib.demo.data import DemoData
 from lib.demo.recipe import DemoRecipe
-from lib.finetune import EpochBar, KeepChannelsPruned
-from lib.models import copy_model
-from lib.pruning import copy_channels, prune_channels
-from lib.reproducibility import make_deterministic
-from lib.sweep import SweepEngine, threshold_steps
+from lib.network.architecture import PRUNED_CONV, PRUNED_POOL, build_deepid
+from lib.network.models import copy_model
+from lib.network.pruning import copy_channels, prune_channels
+from lib.runs.reproducibility import make_deterministic
+from lib.sweep.engine import SweepEngine
+from lib.sweep.table import threshold_steps
 
 
 def train_badnet(data: DemoData, recipe: DemoRecipe, progress: bool = True) -> keras.Model:

@@ -15,7 +15,7 @@ apply until they are regenerated and committed with it.
 from __future__ import annotations
 
 if __name__ == "__main__":  # `make demo-rebuild`: TensorFlow loads without its start-up lines
-    from lib.quiet import import_tensorflow_quietly
+    from lib.core.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
 
@@ -28,16 +28,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lib.atomic import atomic_path
-from lib.catalog import dataset_spec
-from lib.checksums import read_lock, sha256_of, write_lock
+from lib.core.atomic import atomic_path
+from lib.core.errors import InputError
+from lib.core.paths import PUBLISHED, checksum_file, shown
+from lib.data.catalog import dataset_spec
+from lib.data.checksums import read_lock, sha256_of, write_lock
 from lib.demo.data import make_demo_data
 from lib.demo.recipe import DemoRecipe, demo_files, recipe_path, stored_summary, write_recipe_record
 from lib.demo.scenario import build_demo_scenario, ensure_demo_scenario, write_sets
-from lib.errors import InputError
-from lib.machine import describe
-from lib.models import load_model_file, save_model
-from lib.paths import PUBLISHED, checksum_file, shown
+from lib.network.models import load_model_file, save_model
+from lib.runs.machine import describe
 
 #: Marks a data folder whose B is the published one (in its ``recipe.json`` summary).
 PUBLISHED_KEY = "published_badnet"

@@ -1,7 +1,7 @@
 """The demo's recipe and the cache it keys: every parameter, its fingerprint, and whether a folder is current.
 
 Everything a build produces is a function of one ``DemoRecipe``. ``recipe.json``, written last next
-to the lab-layout files (as ``lib.catalog`` defines them for the demos), records the recipe, its
+to the lab-layout files (as ``lib.data.catalog`` defines them for the demos), records the recipe, its
 fingerprint and the build's measured figures; a folder is current when all its files are there and
 the stored fingerprint is this recipe's. No TensorFlow here: checking the cache stays cheap.
 """
@@ -14,8 +14,8 @@ from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from lib.atomic import write_text
-from lib.catalog import DATASETS
+from lib.core.atomic import write_text
+from lib.data.catalog import DATASETS
 
 #: Part of the fingerprint: bump it whenever the generator, the trigger or the training changes what a
 #: recipe builds, so that every cached demo is rebuilt once.
@@ -117,7 +117,7 @@ class DemoFiles:
 
 
 def demo_files(root: Path) -> DemoFiles:
-    """The demo's files under ``root``, at the relative paths ``lib.catalog`` gives the ``demo`` dataset."""
+    """The demo's files under ``root``, at the relative paths ``lib.data.catalog`` gives the ``demo`` dataset."""
     spec = DATASETS["demo"]
     (trigger,) = spec.triggers
     root = Path(root)

@@ -1,6 +1,6 @@
 """Build a demo scenario: generate its image sets, train its BadNet, write the lab's five files and ``recipe.json``.
 
-``ensure_demo_scenario`` is the entry point ``lib.pipeline`` calls: it builds only when the folder
+``ensure_demo_scenario`` is the entry point ``lib.demo.published`` calls: it builds only when the folder
 is not current for the recipe (``lib.demo.recipe``), so a demo is trained once and then reused.
 """
 
@@ -13,7 +13,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from lib.datasets import save_image_set
+from lib.data.datasets import save_image_set
+from lib.defense.metrics import accuracy
 from lib.demo import attacks
 from lib.demo.data import DemoData, make_demo_data
 from lib.demo.recipe import (
@@ -26,8 +27,7 @@ from lib.demo.recipe import (
     stored_summary,
     write_recipe_record,
 )
-from lib.metrics import accuracy
-from lib.models import predict_classes, save_model
+from lib.network.models import predict_classes, save_model
 
 
 def write_sets(files: DemoFiles, data: DemoData) -> None:
@@ -62,7 +62,7 @@ def build_demo_scenario(root: Path, recipe: DemoRecipe = DEFAULT_RECIPE, progres
     comes last, so a build interrupted anywhere leaves no valid ``recipe.json`` for the new
     recipe and ``ensure_demo_scenario`` rebuilds. Returns the summary stored in ``recipe.json``:
     set sizes, clean validation accuracy and attack success rate on the triggered validation set
-    (both in percent, like ``lib.metrics``), and the seconds spent training and in total.
+    (both in percent, like ``lib.defense.metrics``), and the seconds spent training and in total.
     """
     files = demo_files(root)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Step 2, notebook 02: the mean activation of every channel of the pooling layer on clean validation data."""
+"""Step 2: what notebook 02 records (its ranking of channels by mean clean activation), and how later steps read it."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from dataclasses import dataclass
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lib import activations as act
-from lib import plots, provenance
-from lib.errors import InputError
-from lib.models import BATCH_SIZE
-from lib.scenario import Scenario
-from lib.steps.common import ACTIVATION_DIGITS, ACTIVATIONS, locked, rerun
-from lib.tables import significant, write_csv
+from lib.core.errors import InputError
+from lib.core.step_names import ACTIVATIONS
+from lib.report import plots
+from lib.report.tables import significant, write_csv
+from lib.runs import provenance
+from lib.runs.workspace import rerun
+from lib.steps.common import ACTIVATION_DIGITS, locked
+from lib.steps.scenario import Scenario
 
 
 @dataclass
@@ -22,22 +23,14 @@ class ActivationsOutcome:
     figure: Figure
 
 
-def analyse_activations(scenario: Scenario, batch_size: int = BATCH_SIZE, progress: bool = True) -> ActivationsOutcome:
-    """Mean activation of every pooling channel on clean validation data, in pruning order.
+def record_activations(scenario: Scenario, table: pd.DataFrame) -> ActivationsOutcome:
+    """Write notebook 02's ranking: ``activations.csv`` (means to ``ACTIVATION_DIGITS`` significant digits), its
+    figure, and what the step read and wrote (``lib.runs.provenance``), under the run's lock.
 
-    Writes ``activations.csv`` (means to ``ACTIVATION_DIGITS`` significant digits) and its figure.
+    ``table`` is ``lib.defense.activations.activation_table`` of the channels' mean clean activations.
     """
     results = scenario.results
     with locked(scenario, ACTIVATIONS):
-        pooled = act.pool_activations(
-            scenario.badnet,
-            scenario.clean_path("valid"),
-            scenario.pool_layer,
-            batch_size=batch_size,
-            progress=progress,
-            desc="clean validation",
-        )
-        table = act.activation_table(act.mean_channel_activations(pooled))
         write_csv(
             table.assign(mean_activation=significant(table["mean_activation"], ACTIVATION_DIGITS)),
             results.activations_csv,

@@ -8,17 +8,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lib import plots, provenance
-from lib.datasets import ImageSet
+from lib.core.paths import checksum_file, data_root, shown
+from lib.core.step_names import DATA
+from lib.data.datasets import ImageSet
+from lib.data.download import DRIVE_CACHE, default_weights_mirror, ensure_csaw
+from lib.data.reference import enforce, reference_table
 from lib.demo.published import ensure_demo, published_folder
-from lib.download import DRIVE_CACHE, default_weights_mirror, ensure_csaw
-from lib.models import BATCH_SIZE, predict_classes
-from lib.paths import checksum_file, data_root, shown
-from lib.reference import enforce, reference_table
-from lib.scenario import Scenario, image_set_overview, load_all_sets, load_scenario
-from lib.steps.common import DATA, locked
-from lib.tables import write_csv
-from lib.workspace import Workspace
+from lib.network.models import BATCH_SIZE, predict_classes
+from lib.report import plots
+from lib.report.tables import write_csv
+from lib.runs import provenance
+from lib.runs.workspace import Workspace
+from lib.steps.common import locked
+from lib.steps.scenario import Scenario, image_set_overview, load_all_sets, load_scenario
 
 
 @dataclass
@@ -41,7 +43,7 @@ def prepare_data(
     """Get the dataset's files into the data folder (files already there and valid are kept), then check them.
 
     Demos are built (``demo_recipe`` overrides their recipe); CSAW datasets downloaded, and B measured
-    against its publishers' figures (``lib.reference``; ``check_reference=False`` only warns).
+    against its publishers' figures (``lib.data.reference``; ``check_reference=False`` only warns).
     """
     with locked(ws, DATA):
         inputs = []

@@ -1,21 +1,25 @@
-"""Step 4, notebook 04: B, each B' and each GoodNet G on test data."""
+"""Step 4: what notebook 04 records (B, each B' and each GoodNet G on test data, and each G as a model)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import keras
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lib import plots, provenance, rows
-from lib.atomic import write_text
-from lib.goodnet import TestData, evaluate, goodnet_table
-from lib.goodnet_model import build_goodnet, save_goodnet
-from lib.models import BATCH_SIZE, load_model_file
-from lib.scenario import Scenario
-from lib.steps.common import GOODNET, locked, rerun
-from lib.steps.pruning_sweep import read_pruned
-from lib.tables import markdown_table, write_csv
+from lib.core import rows
+from lib.core.atomic import write_text
+from lib.core.step_names import GOODNET
+from lib.defense.goodnet import Evaluated, TestData
+from lib.defense.goodnet_model import build_goodnet, save_goodnet
+from lib.report import plots
+from lib.report.tables import markdown_table, write_csv
+from lib.runs import provenance
+from lib.runs.workspace import rerun
+from lib.steps.common import locked
+from lib.steps.pruning_sweep import Pruned
+from lib.steps.scenario import Scenario
 
 
 def load_test_data(scenario: Scenario) -> TestData:
@@ -29,27 +33,26 @@ class GoodNetOutcome:
     figure: Figure
 
 
-def evaluate_goodnets(scenario: Scenario, batch_size: int = BATCH_SIZE, progress: bool = True) -> GoodNetOutcome:
-    """Test accuracy and ASR of B, each saved B' and each G; writes ``goodnet.csv`` and ``goodnet.md``.
-
-    Each G is also saved as one loadable model, ``models/goodnet_bprime_<t>.keras`` (``lib.goodnet_model``),
-    which ``python -m lib.eval`` runs on images.
+def record_goodnets(
+    scenario: Scenario,
+    pruned: list[Pruned],
+    bprimes: list[keras.Model],
+    evaluated: list[Evaluated],
+    table: pd.DataFrame,
+) -> GoodNetOutcome:
+    """Write notebook 04's evaluation under the run's lock: ``goodnet.csv``, ``goodnet.md``, the figure, and each G
+    as one loadable model, ``models/goodnet_bprime_<t>.keras`` (``lib.defense.goodnet_model``), which
+    ``python -m lib.eval`` runs on images. ``bprimes`` are the loaded models of ``pruned``; ``evaluated`` holds B
+    and each B' (for the near ties the record keeps).
     """
-    from tqdm.auto import tqdm
-
     results = scenario.results
     with locked(scenario, GOODNET):
-        pruned = read_pruned(scenario)
-        test = load_test_data(scenario)
-        b = evaluate(scenario.badnet, rows.badnet(), 0, test, batch_size)
-        evaluated, goodnets = [], []
-        for p in tqdm(pruned, desc="B' models", unit="model", disable=not progress):
-            bprime = load_model_file(p.path)
-            goodnets.append(save_goodnet(build_goodnet(scenario.badnet, bprime), results.goodnet_model(p.path)))
-            evaluated.append(evaluate(bprime, rows.pruned(p.threshold), len(p.channels), test, batch_size))
+        goodnets = [
+            save_goodnet(build_goodnet(scenario.badnet, model), results.goodnet_model(p.path))
+            for p, model in zip(pruned, bprimes, strict=True)
+        ]
         for stale in set(results.models.glob("goodnet_bprime_*.keras")) - set(goodnets):
             stale.unlink()
-        table = goodnet_table(b, evaluated, test.clean.labels, test.target_labels, scenario.n_classes)
         write_csv(table, results.goodnet_csv)
         write_text(results.goodnet_md, markdown_table(table))
         figure = plots.plot_goodnet(table, title=f"{scenario.dataset}: B, pruned B' and GoodNet G on test data")
@@ -60,7 +63,7 @@ def evaluate_goodnets(scenario: Scenario, batch_size: int = BATCH_SIZE, progress
             [*scenario.input_files("test"), results.thresholds_csv, *(p.path for p in pruned)],
             [results.goodnet_csv, results.goodnet_md, *goodnets, results.figure("goodnet")],
             rows_summary(table),
-            details={"near_ties": {e.name: e.near_ties for e in [b, *evaluated]}},
+            details={"near_ties": {e.name: e.near_ties for e in evaluated}},
         )
         return GoodNetOutcome(table, figure)
 

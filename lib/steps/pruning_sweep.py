@@ -1,4 +1,4 @@
-"""Step 3, notebook 03: prune channels in increasing order of activation and record accuracy and ASR after each."""
+"""Step 3: what notebook 03 records (the sweep, its thresholds and each B'), and how later steps read the B' models."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lib import activations as act
-from lib import plots, provenance, rows
-from lib.models import BATCH_SIZE, save_model
-from lib.paths import ResultFiles
-from lib.pruning import prune_channels
-from lib.scenario import Scenario
-from lib.steps.activations import read_activation_table
-from lib.steps.common import ACTIVATION_DIGITS, SWEEP, locked, rerun
-from lib.sweep import SweepEngine, SweepResult, run_pruning_sweep, threshold_steps, validate_thresholds
-from lib.tables import significant, write_csv
+from lib.core import rows
+from lib.core.paths import ResultFiles
+from lib.core.step_names import SWEEP
+from lib.network.models import save_model
+from lib.network.pruning import prune_channels
+from lib.report import plots
+from lib.report.tables import significant, write_csv
+from lib.runs import provenance
+from lib.runs.workspace import rerun
+from lib.steps.common import ACTIVATION_DIGITS, locked
+from lib.steps.scenario import Scenario
+from lib.sweep.table import SweepResult
 
 
 @dataclass
@@ -29,41 +31,18 @@ class SweepOutcome:
     figure: Figure
 
 
-def run_sweep(
-    scenario: Scenario, thresholds: list[float], batch_size: int = BATCH_SIZE, progress: bool = True
-) -> SweepOutcome:
-    """Prune channels in increasing order of mean activation; after each, accuracy and ASR on validation data.
+def record_sweep(scenario: Scenario, result: SweepResult, steps: dict[float, int | None]) -> SweepOutcome:
+    """Write notebook 03's sweep and the B' models its thresholds chose, under the run's lock.
 
-    Writes ``sweep.csv``, ``thresholds.csv`` (with the channels pruned at each threshold, which later
-    steps read) and, for each threshold reached, B' as ``models/bprime_<t>.h5``; B' files of thresholds
-    not reached now are removed. Only validation data is used: test data never chooses a model.
+    Writes ``sweep.csv``, ``thresholds.csv`` (with the channels pruned at each threshold, in the sweep's
+    order: later steps read them there) and, for each threshold reached, B' as ``models/bprime_<t>.h5``;
+    B' files of thresholds not reached now are removed. ``steps`` is ``threshold_steps`` of this sweep.
     """
-    thresholds = validate_thresholds(thresholds)
     results = scenario.results
+    order = result.order
     with locked(scenario, SWEEP):
-        order_table = read_activation_table(scenario)
-        order = order_table["channel"].to_numpy()
-        means = np.empty(len(order))
-        means[order] = order_table["mean_activation"].to_numpy()
-        clean = scenario.load_clean("valid")
-        triggered = scenario.load_triggered("valid", clean)
-
-        def pooled(images: np.ndarray, name: str) -> np.ndarray:
-            return act.pool_activations(scenario.badnet, images, scenario.pool_layer, batch_size, progress, desc=name)
-
-        engine = SweepEngine(scenario.badnet, scenario.conv_layer, scenario.pool_layer, batch_size=batch_size)
-        result = run_pruning_sweep(
-            engine,
-            pooled(clean.images, "clean validation"),
-            clean.labels,
-            {name: (pooled(s.images, f"{name} validation"), s.labels) for name, s in triggered.items()},
-            means,
-            order,
-            progress=progress,
-        )
         rounded = significant(result.table["mean_activation"], ACTIVATION_DIGITS)
         write_csv(result.table.assign(mean_activation=rounded), results.sweep_csv)
-        steps = threshold_steps(result.clean_correct, result.n_clean, thresholds)
         bprimes = {t: results.bprime(t) for t, k in steps.items() if k is not None}
         for stale in set(results.models.glob("bprime_*.h5")) - set(bprimes.values()):
             stale.unlink()  # a B' of another threshold or an earlier run must not survive
@@ -84,6 +63,13 @@ def run_sweep(
             details={"near_ties": result.near_ties},
         )
         return SweepOutcome(result, steps, table, figure)
+
+
+def mean_activations_by_channel(ranking: pd.DataFrame) -> np.ndarray:
+    """Notebook 02's ranking (``read_activation_table``) as one mean activation per channel, in channel order."""
+    means = np.empty(len(ranking))
+    means[ranking["channel"].to_numpy()] = ranking["mean_activation"].to_numpy()
+    return means
 
 
 def threshold_table(

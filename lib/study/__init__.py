@@ -6,25 +6,5 @@ studies/<name>.yaml`` runs the five notebooks of each (dataset, seed[, grid poin
 ``results/studies/<name>/runs/`` on a local Dask cluster or any running one, then writes the aggregates beside
 them.
 
-=========================  ====================================================================
-module                     what it holds
-=========================  ====================================================================
-``lib.study.spec``         the study file: read, checked, its runs and their notebook parameters
-``lib.study.runner``       one job on a worker: a run's notebooks in one kernel, threads pinned
-``lib.study.engine``       the Dask side: cluster, what is out of date, fan-out, progress, report
-``lib.study.stats``        the bootstrap interval every table and figure uses; exact Wilcoxon test; Holm
-``lib.study.contrasts``    paired differences between models of the same runs, and their verdicts
-``lib.study.aggregate``    runs.csv, sweeps.csv, summary.csv/.md, contrasts.csv/.md; ``summarize``
-``lib.study.figures``      against the threshold; every run's sweep; seeds as pairs; the contrasts
-``lib.study.reading``      the reading in words: the paired verdicts
-``lib.study.__main__``     the command line
-=========================  ====================================================================
-
-Importing ``lib.study`` loads the study file reader only; the other modules load when used.
+Its modules are listed in the project's module map, ``lib/__init__.py``.
 """
-
-from __future__ import annotations
-
-from lib.study.spec import Run, StudySpec, load_spec, spec_path, study_root
-
-__all__ = ["Run", "StudySpec", "load_spec", "spec_path", "study_root"]

@@ -13,8 +13,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from lib.errors import InputError
-from lib.paths import shown
+from lib.core.errors import InputError
+from lib.core.paths import shown
 from lib.study.spec import load_spec
 
 

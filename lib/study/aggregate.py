@@ -29,19 +29,20 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lib import plots, provenance
-from lib.atomic import write_bytes
-from lib.errors import InputError
-from lib.paths import StudyFiles, result_files, shown, studies_root
-from lib.run_notebook import full_parameters
-from lib.steps.common import STEPS, SWEEP
+from lib.core.atomic import write_bytes
+from lib.core.errors import InputError
+from lib.core.paths import StudyFiles, result_files, shown, studies_root
+from lib.core.step_names import STEPS, SWEEP
+from lib.report import plots
+from lib.report.summary import model_rows
+from lib.report.tables import markdown_table
+from lib.runs import provenance
+from lib.runs.notebook import full_parameters
+from lib.runs.workspace import workspace
 from lib.study.contrasts import METRICS, contrast_table, contrasts_markdown
 from lib.study.runner import read_info
 from lib.study.spec import Run, StudySpec, grid_value, step_notebook
 from lib.study.stats import INTERVAL_DESCRIPTION, INTERVAL_NAME, interval
-from lib.summary import model_rows
-from lib.tables import markdown_table
-from lib.workspace import workspace
 
 RUN_COLUMNS = [
     "study",

@@ -33,7 +33,7 @@ from numbers import Real
 import numpy as np
 import pandas as pd
 
-from lib import rows
+from lib.core import rows
 from lib.study import stats
 
 METRICS = {"clean_accuracy": "clean accuracy", "attack_success_rate": "ASR"}

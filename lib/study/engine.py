@@ -24,10 +24,10 @@ import psutil
 from dask.system import CPU_COUNT
 from tqdm.auto import tqdm
 
-from lib.errors import InputError
-from lib.paths import PROJECT_ROOT, shown
-from lib.run_notebook import stale_reason
-from lib.steps.common import DATA, STEPS
+from lib.core.errors import InputError
+from lib.core.paths import PROJECT_ROOT, shown
+from lib.core.step_names import DATA, STEPS
+from lib.runs.notebook import stale_reason
 from lib.study.runner import Job, RunReport, execute
 from lib.study.spec import Run, StudySpec, step_notebook
 

@@ -15,7 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from lib import plots, rows
+from lib.core import rows
+from lib.report import plots
 from lib.study.contrasts import METRICS, NOT_SEPARATED, block_labels, contrast_label, grid_points, point_label
 from lib.study.stats import INTERVAL_NAME, bounds, interval
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lib import rows
+from lib.core import rows
 from lib.study.contrasts import (
     ALPHA,
     METRICS,

@@ -12,7 +12,7 @@ step that writes that folder), then one job per run for the other four, reading 
   the whole study when it started (``lib.study.engine.threads_for``), through the kernel's environment
   (this process's stays as it is).
 * A notebook that fails is kept as ``*.failed.ipynb`` and the run is retried once in a new kernel, from
-  the step that failed (``lib.run_notebook`` skips the steps already current); the report names the cell.
+  the step that failed (``lib.runs.notebook`` skips the steps already current); the report names the cell.
 * ``study-run.json`` in the run's folder keeps, per step, the worker, threads and seconds of the time it
   actually ran, so that a resumed study reports the same figures.
 """
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib import run_notebook
-from lib.atomic import write_text
-from lib.errors import InputError
+from lib.core.atomic import write_text
+from lib.core.errors import InputError
+from lib.runs import notebook as run_notebook
 from lib.study.spec import Run, step_notebook
 
 INFO_NAME = "study-run.json"
@@ -45,7 +45,7 @@ THREAD_VARIABLES = (
     "NUMBA_NUM_THREADS",
 )
 #: Run once in a new kernel: what every notebook imports first, so that the start-up is measured apart.
-WARM_UP = "import keras, tensorflow\nimport lib.pipeline"
+WARM_UP = "import keras, tensorflow\nimport lib.steps.fine_pruning, lib.steps.data"
 #: Run in the kernel between two notebooks: nothing of one is left for the next.
 RESET = (
     "import keras as _keras, matplotlib.pyplot as _plt\n"

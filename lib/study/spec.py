@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from lib.catalog import DATASETS, dataset_spec
+from lib.core.errors import InputError
+from lib.core.paths import PROJECT_ROOT, StudyFiles, data_folder, shown, study_files
+from lib.core.step_names import DATA, STEPS
+from lib.data.catalog import DATASETS, dataset_spec
 from lib.demo import DemoRecipe
-from lib.errors import InputError
-from lib.paths import PROJECT_ROOT, StudyFiles, data_folder, shown, study_files
-from lib.steps.common import DATA, STEPS
 
 #: Where study files live (``make study STUDY=<name>`` reads ``studies/<name>.yaml``).
 STUDIES = PROJECT_ROOT / "studies"
@@ -56,7 +56,7 @@ def step_notebook(step: str) -> Path:
 @functools.cache
 def notebook_defaults(step: str) -> dict[str, Any]:
     """The parameters of a step's notebook with their defaults (read once per process)."""
-    from lib.run_notebook import notebook_defaults as read  # papermill: only where notebooks are read
+    from lib.runs.notebook import notebook_defaults as read  # papermill: only where notebooks are read
 
     return read(step_notebook(step))
 

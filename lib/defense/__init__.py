@@ -1,0 +1,1 @@
+"""The defense's measurements and repairs: activations, accuracy and ASR, the GoodNet, fine-tuning."""

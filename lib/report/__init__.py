@@ -1,0 +1,1 @@
+"""What people read: tables, figures, each notebook's closing reading, the summary across datasets."""

@@ -1,0 +1,86 @@
+"""One table across datasets: every dataset's ``goodnet.csv`` and ``fine_pruning.csv`` stacked, the dataset named.
+
+``make csaw-all`` collects the four competition BadNets with it and ``make all`` the two demos:
+``python -m lib.report.summary --out results/csaw-summary csaw-sunglasses csaw-anonymous-1 ...`` writes
+``results/csaw-summary.csv`` (full precision) and ``.md`` (rounded, for reading).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from lib.core.atomic import write_text
+from lib.core.errors import InputError
+from lib.core.paths import results_root, shown
+from lib.core.step_names import FINE_PRUNING, GOODNET, SWEEP
+from lib.report.tables import markdown_table, write_csv
+from lib.runs import provenance
+from lib.runs.workspace import Workspace, rerun, workspace
+
+
+def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING)) -> pd.DataFrame:
+    """The rows of ``goodnet.csv`` and ``fine_pruning.csv`` of one run, each checked to be its step's current output."""
+    files = {GOODNET: ws.results.goodnet_csv, FINE_PRUNING: ws.results.fine_pruning_csv}
+    recorded = provenance.read_record(ws.results)
+    tables = []
+    for step in steps:
+        if step == FINE_PRUNING and step not in recorded and not files[step].exists():
+            continue  # fine-pruning never ran here (steps 1-4 only): nothing to report, nothing stale
+        if not files[step].is_file():
+            raise InputError(
+                files[step], "file not found", f"run the pipeline for it first: `make all {ws.make_target}`"
+            )
+        provenance.require_current(ws.results, step, rerun(ws, step))
+        tables.append(pd.read_csv(files[step]))
+    return pd.concat(tables, ignore_index=True)
+
+
+def summary_table(datasets: Sequence[str]) -> pd.DataFrame:
+    """Every model row of each dataset, a ``dataset`` column first; per-trigger columns where they exist."""
+    table = pd.concat([model_rows(workspace(name)).assign(dataset=name) for name in datasets], ignore_index=True)
+    return table[["dataset", *(c for c in table.columns if c != "dataset")]]
+
+
+def write_summary(datasets: Sequence[str], out: str | Path) -> pd.DataFrame:
+    """Write ``<out>.csv`` and ``<out>.md`` atomically; return the table."""
+    table = summary_table(datasets)
+    out = Path(out)
+    write_csv(table, out.with_suffix(".csv"))
+    write_text(out.with_suffix(".md"), markdown_table(table))
+    return table
+
+
+def where(ws: Workspace) -> str:
+    """Where a run's results are and what its last steps found: the closing lines of ``make all``."""
+    found = provenance.summaries(ws.results)
+    lines = [f"{shown(ws.results.root)}/: goodnet.md, fine_pruning.md, sweep.csv, figures/*.png"]
+    lines += [f"  {step}: {found[step]}" for step in (SWEEP, GOODNET, FINE_PRUNING) if found.get(step)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.report.summary", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="name or path without suffix: <out>.csv and <out>.md (a bare name: in results/)")
+    parser.add_argument("--where", action="store_true", help="only say where each dataset's results are")
+    parser.add_argument("datasets", nargs="+", help="dataset names (lib.data.catalog)")
+    args = parser.parse_args(argv)
+    try:
+        for name in args.datasets:
+            print(where(workspace(name)))
+        if args.out and not args.where:
+            out = results_root() / args.out if Path(args.out).name == args.out else Path(args.out)
+            table = write_summary(args.datasets, out)
+            print(f"summary of {len(args.datasets)} datasets ({len(table)} rows): {shown(out)}.md, {shown(out)}.csv")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
