@@ -1,8 +1,9 @@
 """Pruning and fine-pruning defenses against backdoored face recognizers (BadNets / Fine-Pruning, CSAW-HackML-2020).
 
-The project's module map (the only one). The notebooks are thin: each calls one step of ``lib.steps`` (start
-reading there). Packages are floors, listed bottom to top: a module imports from its own floor and the floors
-below it, never from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
+The project's module map (the only one). The method is in the notebooks (``notebooks/02``-``05``), in short
+cells over ``lib.defense`` and ``lib.sweep``; each ends with one record call of ``lib.steps``.
+Packages are floors, listed bottom to top: a module imports from its own floor and the floors below it, never
+from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
 
 ``lib.core``                  what every other package uses
     ``errors``                ``InputError``: the one exception type, which names a file and a fix
@@ -58,14 +59,14 @@ below it, never from a higher one; the commands ``lib.eval`` and ``lib.verify`` 
     ``attacks``               BadNets and the pruning-aware attack (Keras training)
     ``scenario``              ``build_demo_scenario`` / ``ensure_demo_scenario``: write a demo to disk
     ``published``             each demo's published B, pinned with its image sets; ``make demo-rebuild``
-``lib.steps``                 the five steps, one function each, as the notebooks run them
+``lib.steps``                 what each notebook records (one call at its end), and the run's view of its data
     ``common``                what every step shares: its dataset's lock, how its CSVs round activations
     ``scenario``              B loaded as its publisher fed it, and the run's validated image sets
     ``data``                  01 ``prepare_data``: the dataset in place, B checked against its publishers
-    ``activations``           02 ``analyse_activations``: mean activation of every channel of the pooling layer
-    ``pruning_sweep``         03 ``run_sweep``: prune by increasing activation; B' saved at each threshold
-    ``goodnet``               04 ``evaluate_goodnets``: B, each B' and each GoodNet G on test data
-    ``fine_pruning``          05 ``fine_prune``: fine-tune B and each B'; test them and their GoodNets
+    ``activations``           02 ``record_activations``; ``read_activation_table`` for notebook 03
+    ``pruning_sweep``         03 ``record_sweep``: sweep.csv, thresholds.csv, each B'; ``read_pruned`` for 04-05
+    ``goodnet``               04 ``record_goodnets``: goodnet.csv and each G as a model; the test data
+    ``fine_pruning``          05 ``record_fine_pruning``: the fine-tuned models, their tables and history
 ``lib.study``                 multi-seed studies on Dask (``make study``; ``__main__``: ``python -m lib.study``)
     ``spec``                  the study file: read, checked, its runs and their notebook parameters
     ``runner``                one job on a worker: a run's notebooks in one kernel, threads pinned
