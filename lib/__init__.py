@@ -11,9 +11,10 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
     ``paths``                 where the project's folders and each run's result files live
     ``rows``                  the name of every model row (B, B'_t%, G_t%, FT, GFT, FP_t%, GFP_t%)
     ``step_names``            the five step names, spelled once (as their notebooks are named)
+    ``shapes``                ``IMAGE_SHAPE_NHWC``: the face as the networks see it
     ``quiet``                 import TensorFlow without its start-up lines on the console
 ``lib.network``               the DeepID-style BadNet as a Keras model
-    ``architecture``          its layers, named as in the CSAW files; ``IMAGE_SHAPE_NHWC``
+    ``architecture``          its layers, named as in the CSAW files
     ``models``                load a BadNet safely, predict, save models atomically
     ``prunable``              can the defense prune this model (the conv reaches the output only via the pool)
     ``pruning``               zero or copy conv channels in a Keras model

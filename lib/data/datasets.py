@@ -19,7 +19,7 @@ import numpy as np
 
 from lib.core.atomic import atomic_path
 from lib.core.errors import InputError
-from lib.network.architecture import IMAGE_SHAPE_NHWC
+from lib.core.shapes import IMAGE_SHAPE_NHWC
 
 #: A face as the HDF5 files store it: channels first (the networks see ``IMAGE_SHAPE_NHWC``).
 IMAGE_SHAPE_NCHW = (IMAGE_SHAPE_NHWC[2], *IMAGE_SHAPE_NHWC[:2])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.network.architecture import IMAGE_SHAPE_NHWC
+from lib.core.shapes import IMAGE_SHAPE_NHWC
 
 HEIGHT, WIDTH, _CHANNELS = IMAGE_SHAPE_NHWC
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-#: A face as the networks see it: height, width, RGB.
-IMAGE_SHAPE_NHWC = (55, 47, 3)
+from lib.core.shapes import IMAGE_SHAPE_NHWC
+
 CSAW_NUM_CLASSES = 1283
 PRUNED_CONV = "conv_3"
 PRUNED_POOL = "pool_3"

@@ -16,7 +16,6 @@ from matplotlib.figure import Figure
 
 from lib.core import rows
 from lib.core.atomic import atomic_path
-from lib.network.architecture import PRUNED_POOL
 
 CLEAN_COLOR = "#1f77b4"
 ATTACK_COLOR = "#d62728"
@@ -53,7 +52,7 @@ def plot_sample_grid(
     return fig
 
 
-def plot_channel_activations(table: pd.DataFrame, pool_layer: str = PRUNED_POOL) -> Figure:
+def plot_channel_activations(table: pd.DataFrame, pool_layer: str) -> Figure:
     """Mean activation of every channel, sorted in pruning order; dormant channels in grey."""
     fig, ax = _figure(figsize=(10, 3.5))
     colors = np.where(table["dormant"], "#9e9e9e", CLEAN_COLOR)
