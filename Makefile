@@ -80,13 +80,12 @@ verify: setup
 study: setup
 	@$(PY) -m lib.study run studies/$(STUDY).yaml $(if $(WORKERS),--workers $(WORKERS))
 
-# --- environment: .venv from the pinned requirements, created on first use -----------------------------
+# --- environment: .venv from the pinned versions of constraints.txt, created on first use -----------------------------
 setup: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "setting up $(VENV) from the pinned requirements (log: $(VENV)/install.log)"
-	@( $(PY) -m pip install --upgrade pip && $(PY) -m pip install -r requirements-dev.txt \
-	   && $(PY) -m pip install --no-deps -e . ) > $(VENV)/install.log 2>&1 || (tail -20 $(VENV)/install.log; exit 1)
+	@echo "setting up $(VENV) from constraints.txt (log: $(VENV)/install.log)"
+	@( $(PY) -m pip install --upgrade pip && $(PY) -m pip install -c constraints.txt -e ".[cpu,dev]" ) > $(VENV)/install.log 2>&1 || (tail -20 $(VENV)/install.log; exit 1)
 	@touch $@
 
 # --- checks -------------------------------------------------------------------------------------------

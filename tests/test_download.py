@@ -366,6 +366,25 @@ def test_real_downloader_turns_gdown_failures_into_input_error(done, monkeypatch
     assert files_in(root) == sorted(set(ALL_FILES) - {"bd/bd_valid.h5"})
 
 
+@pytest.mark.parametrize("takes_timeout", [True, False], ids=["gdown>=6.3", "gdown<6.3 (Kaggle, Colab)"])
+def test_the_drive_timeout_goes_only_to_a_gdown_that_takes_it(tmp_path, monkeypatch, takes_timeout):
+    import gdown
+
+    seen = {}
+
+    def new_gdown(id, output, quiet, timeout=None):
+        seen.update(timeout=timeout)
+        return ["a file"]
+
+    def old_gdown(id, output, quiet):  # gdown 5.2.2: an unknown timeout= would be a TypeError
+        seen.update(timeout="not passed")
+        return ["a file"]
+
+    monkeypatch.setattr(gdown, "download_folder", new_gdown if takes_timeout else old_gdown)
+    NetworkDownloader(progress=False, timeout=7.0).fetch_drive_folder("folder", tmp_path)
+    assert seen == {"timeout": 7.0 if takes_timeout else "not passed"}
+
+
 def test_real_downloader_turns_requests_failures_into_input_error(tmp_path, monkeypatch):
     import requests
 

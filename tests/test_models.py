@@ -334,8 +334,6 @@ def test_check_prunable_refuses_a_skip_connection_around_the_pool(skip_from, sou
     _assert_input_error(
         info, "bd_net.h5", f"layer 'flatten_skip' reads {source}", "path around 'pool_3'", "read only its output"
     )
-    with pytest.raises(ValueError):  # what the sweep met instead, deep in its run
-        keras.Model(model.get_layer("pool_3").output, model.outputs[0])
 
 
 def test_check_prunable_refuses_a_conv_read_by_another_layer_too():

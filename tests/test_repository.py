@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import graphlib
+import os
 import re
 import subprocess
 import sys
@@ -29,27 +30,27 @@ def _pins(lines: list[str]) -> dict[str, str]:
     return pins
 
 
-def _requirements(name: str) -> list[str]:
-    return [line for line in (PROJECT_ROOT / name).read_text().splitlines() if not line.startswith("-r")]
+def test_the_pinned_versions_lie_in_the_declared_ranges():
+    """pyproject.toml declares ranges (what the code runs on), constraints.txt the exact versions make and CI
+    install: every package the project names is pinned there once, inside its range; TensorFlow comes only from
+    an extra (cpu or gpu, the same range), so that `pip install -e .` never replaces a platform's TensorFlow."""
+    from packaging.requirements import Requirement
 
-
-def test_requirements_environment_and_pyproject_pin_the_same_versions():
-    """One set of pins in three formats: pip (runtime and dev files), conda (environment.yml), the package."""
-    runtime, dev = _pins(_requirements("requirements.txt")), _pins(_requirements("requirements-dev.txt"))
-    env = yaml.safe_load((PROJECT_ROOT / "environment.yml").read_text())
-    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pins = _pins((PROJECT_ROOT / "constraints.txt").read_text().splitlines())
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    assert _pins(pip_section) == {**runtime, **dev}
-    assert {**_pins(project["dependencies"]), **_pins(extras["cpu"])} == runtime
-    assert _pins(extras["dev"]) == dev
-    assert _pins(extras["gpu"]) == {"tensorflow[and-cuda]": runtime["tensorflow-cpu"]}, "the same TensorFlow"
-    assert not set(runtime) & set(dev), "a package is runtime or development, not both"
-    assert "python=3.11" in env["dependencies"]
-    for needed in ["tensorflow-cpu", "keras", "h5py", "numpy", "pandas", "papermill", "gdown", "dask", "filelock"]:
-        assert needed in runtime
-    for tool in ["pytest", "ruff", "pre-commit", "nbstripout", "jupyter"]:
-        assert tool in dev
+    declared = [Requirement(r) for r in [*project["dependencies"], *extras["cpu"], *extras["dev"]]]
+    assert sorted(r.name.lower() for r in declared) == sorted(pins)
+    for r in declared:
+        assert r.specifier.contains(pins[r.name.lower()]), f"{r.name}=={pins[r.name.lower()]} is outside {r}"
+    assert not any(r.name.startswith("tensorflow") for r in map(Requirement, project["dependencies"]))
+    cpu, gpu = Requirement(extras["cpu"][0]), Requirement(extras["gpu"][0])
+    assert (cpu.name, gpu.name, gpu.extras) == ("tensorflow-cpu", "tensorflow", {"and-cuda"})
+    assert cpu.specifier == gpu.specifier, "the same TensorFlow either way"
+    assert project["requires-python"] == ">=3.11,<3.14"
+    env = yaml.safe_load((PROJECT_ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert pip_section == ["-c constraints.txt", "-e .[cpu,dev]"] and "python=3.11" in env["dependencies"]
 
 
 def test_lint_and_format_pass():
@@ -300,3 +301,35 @@ def test_readme_what_is_where_names_files_that_exist():
     assert named and not missing, missing
     notebooks = re.findall(r"\b(\d\d_\w+)", " ".join(entries["notebooks"]))
     assert sorted(notebooks) == sorted(p.stem for p in NOTEBOOKS)
+
+
+def _setup_cell(path) -> str:
+    [cell] = [c for c in nbformat.read(path, as_version=4).cells if "setup" in c.metadata.get("tags", [])]
+    return cell.source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_starts_with_the_same_set_up_cell(path):
+    """The first code cell makes ``lib`` importable where the project is not installed (Kaggle, Colab, a bare
+    Jupyter): the same cell in every notebook, before the parameters."""
+    first = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert "setup" in first.metadata.get("tags", [])
+    assert _setup_cell(path) == _setup_cell(NOTEBOOKS[0])
+
+
+@pytest.mark.parametrize("where", ["notebooks", "."])
+def test_the_set_up_cell_finds_the_project_from_where_a_notebook_runs(where, tmp_path):
+    """Run by a Python that cannot import ``lib`` (no site-packages: ``-S``), from ``notebooks/`` or the repository
+    root, the cell finds the project and ``lib`` imports; off Kaggle and Colab it installs nothing."""
+    code = _setup_cell(NOTEBOOKS[0]) + "\nimport lib.core.paths\nprint(lib.core.paths.PROJECT_ROOT)"
+    env = {k: v for k, v in os.environ.items() if k not in ("KAGGLE_KERNEL_RUN_TYPE", "COLAB_RELEASE_TAG")}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=PROJECT_ROOT / where, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(PROJECT_ROOT)
+    elsewhere = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert elsewhere.returncode != 0 and "the project is not here" in elsewhere.stderr

@@ -4,3 +4,8 @@ from __future__ import annotations
 
 DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING = "data", "activations", "pruning_sweep", "goodnet", "fine_pruning"
 STEPS = (DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING)
+
+
+def notebook_of(step: str) -> str:
+    """``pruning_sweep`` -> ``notebooks/03_pruning_sweep.ipynb``."""
+    return f"notebooks/{STEPS.index(step) + 1:02d}_{step}.ipynb"

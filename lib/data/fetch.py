@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import os
 import shutil
 import tempfile
@@ -69,8 +70,10 @@ class NetworkDownloader:
     def fetch_drive_folder(self, folder_id: str, dest_dir: Path) -> None:
         import gdown
 
-        # Older gdown versions return None instead of raising when Drive refuses (quota, permissions).
-        files = gdown.download_folder(id=folder_id, output=str(dest_dir), quiet=not self.progress, timeout=self.timeout)
+        # gdown < 6.3 (Kaggle's and Colab's 5.2.2) takes no timeout: it would raise TypeError, read as a network
+        # problem. Older versions also return None instead of raising when Drive refuses (quota, permissions).
+        timeout = {"timeout": self.timeout} if "timeout" in inspect.signature(gdown.download_folder).parameters else {}
+        files = gdown.download_folder(id=folder_id, output=str(dest_dir), quiet=not self.progress, **timeout)
         if not files:
             raise RuntimeError("gdown could not list or download the folder (no files returned)")
 

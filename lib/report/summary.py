@@ -33,7 +33,9 @@ def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING)) 
             continue  # fine-pruning never ran here (steps 1-4 only): nothing to report, nothing stale
         if not files[step].is_file():
             raise InputError(
-                files[step], "file not found", f"run the pipeline for it first: `make all {ws.make_target}`"
+                files[step],
+                "file not found",
+                f"run notebooks 01-05 with {ws.notebook_parameters} first (`make all {ws.make_target}`)",
             )
         provenance.require_current(ws.results, step, rerun(ws, step))
         tables.append(pd.read_csv(files[step]))

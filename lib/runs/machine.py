@@ -9,6 +9,7 @@ and every benchmark the processor it ran on. Nothing here changes between two ru
 from __future__ import annotations
 
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -66,9 +67,26 @@ def versions() -> dict[str, str]:
     return found
 
 
+def gpus() -> list[str]:
+    """``NVIDIA H100 80GB HBM3 (driver 550.54.15)`` for each GPU TensorFlow sees; empty on a CPU-only machine."""
+    import tensorflow as tf
+
+    devices = tf.config.list_physical_devices("GPU")
+    if not devices:
+        return []
+    names = [tf.config.experimental.get_device_details(d).get("device_name", d.name) for d in devices]
+    try:
+        smi = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        driver = subprocess.run(smi, capture_output=True, text=True, timeout=10).stdout.split()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        driver = "unknown"
+    return [f"{name} (driver {driver})" for name in names]
+
+
 def describe() -> dict[str, object]:
-    """Everything above, as one JSON-ready dictionary."""
-    return {"cpu": cpu_model(), "machine": platform.machine(), "simd": simd_flags(), "versions": versions()}
+    """Everything above, as one JSON-ready dictionary (``gpus`` only where TensorFlow sees one)."""
+    found = {"cpu": cpu_model(), "machine": platform.machine(), "simd": simd_flags(), "versions": versions()}
+    return {**found, "gpus": gpu_names} if (gpu_names := gpus()) else found
 
 
 def one_line() -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.core.paths import ResultFiles, data_folder, result_files, shown
+from lib.core.step_names import notebook_of
 from lib.data.catalog import DatasetSpec, dataset_spec
 
 
@@ -45,6 +46,15 @@ class Workspace:
         return self.data == data_folder(self.dataset) and self.results == result_files(self.dataset)
 
     @property
+    def notebook_parameters(self) -> str:
+        """How to name this run to a notebook in fixes: its parameters ``dataset`` and, when not the default, the
+        folders (for a reader in Jupyter, Kaggle or Colab, who has no ``make``)."""
+        if self.is_default:
+            return f"dataset={self.dataset!r}"
+        data, results = shown(self.data), shown(self.results.root)
+        return f"dataset={self.dataset!r}, data_dir={data!r}, results_dir={results!r}"
+
+    @property
     def make_target(self) -> str:
         """How to name this run to ``make`` in fixes: the dataset, and the folders when not the default."""
         if self.is_default:
@@ -60,4 +70,7 @@ def workspace(dataset: str, data_dir: str | Path | None = None, results_dir: str
 
 def rerun(ws: Workspace, step: str) -> str:
     """The fix for results of ``step`` that are missing or no longer belong together."""
-    return f"rerun the {step} notebook (`make {step.replace('_', '-')} {ws.make_target}`), or `make all`"
+    return (
+        f"rerun {notebook_of(step)} with {ws.notebook_parameters} "
+        f"(`make {step.replace('_', '-')} {ws.make_target}`, or `make all`)"
+    )

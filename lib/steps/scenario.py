@@ -16,6 +16,7 @@ import pandas as pd
 
 from lib.core.errors import InputError
 from lib.core.paths import shown
+from lib.core.step_names import DATA, notebook_of
 from lib.data.catalog import TriggerFiles
 from lib.data.datasets import ImageSet, check_clean_validation, check_triggered_labels, load_image_set
 from lib.data.input_scale import with_input_scale
@@ -108,7 +109,11 @@ def load_scenario(
     """Load B from the data folder, fed as its publisher fed it, and check it has the layers the defense prunes."""
     missing = [p for p in ws.required_files() if not p.is_file()]
     if missing:
-        raise InputError(missing[0], "file not found", f"run the data notebook first: `make data {ws.make_target}`")
+        raise InputError(
+            missing[0],
+            "file not found",
+            f"run {notebook_of(DATA)} first with {ws.notebook_parameters} (`make data {ws.make_target}`)",
+        )
     model = load_model_file(ws.badnet_path, allow_unsafe_layers=allow_unsafe_layers)
     model = with_input_scale(model, ws.spec.input_scale, ws.badnet_path)
     check_prunable(model, conv_layer, pool_layer, ws.badnet_path)
