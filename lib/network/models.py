@@ -8,6 +8,7 @@ from a file: a full-model HDF5 is inspected before Keras deserializes it, and a 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 import weakref
 import zipfile
@@ -224,7 +225,14 @@ def num_classes_of(model: keras.Model) -> int:
 def save_model(model: keras.Model, path: str | Path) -> Path:
     """Save a full model atomically; ``keras.models.load_model(path, compile=False)`` loads it."""
     path = Path(path)
+    # Keras 3 calls .h5 "legacy" (a warning, or a line of absl's log); the lab's contract is .h5.
+    absl = logging.getLogger("absl")
+    level = absl.level
     with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras 3 calls .h5 "legacy"; the lab's contract is .h5
-        model.save(tmp)
+        warnings.simplefilter("ignore")
+        absl.setLevel(logging.ERROR)
+        try:
+            model.save(tmp)
+        finally:
+            absl.setLevel(level)
     return path

@@ -23,6 +23,7 @@ from lib.steps.scenario import Scenario
 
 
 def load_test_data(scenario: Scenario) -> TestData:
+    """The clean test set and each trigger's test set: what notebooks 04 and 05 measure every model on."""
     clean = scenario.load_clean("test")
     return TestData(clean, scenario.load_triggered("test", clean))
 
