@@ -92,3 +92,23 @@ def run_notebook_cells(step: str, **params: Any) -> dict[str, Any]:
         source = "\n".join(line for line in source.splitlines() if not line.startswith("%"))
         exec(compile(source, str(path), "exec"), namespace)
     return namespace
+
+
+def lib_imports() -> dict[str, set[str]]:
+    """Each module of ``lib`` (dotted) and the ``lib`` modules it imports, at its top or inside a function."""
+    import ast
+
+    paths = {}
+    for path in (PROJECT_ROOT / "lib").rglob("*.py"):
+        parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    imports: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lib":
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names} & paths.keys()
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.split(".")[0] == "lib"}
+        imports[name] = found - {name}
+    return imports

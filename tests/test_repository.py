@@ -12,6 +12,7 @@ import tomllib
 import nbformat
 import pytest
 import yaml
+from conftest import lib_imports
 
 from lib.core.paths import PROJECT_ROOT
 from lib.runs.notebook import notebook_defaults
@@ -67,33 +68,13 @@ FLOORS = ["core", "network", "data", "runs", "defense", "sweep", "report", "demo
 COMMANDS = ["eval", "verify"]
 
 
-def _lib_imports() -> dict[str, set[str]]:
-    """Each module of ``lib`` (dotted) and the ``lib`` modules it imports, at its top or inside a function."""
-    import ast
-
-    paths = {}
-    for path in (PROJECT_ROOT / "lib").rglob("*.py"):
-        parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
-        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    imports: dict[str, set[str]] = {}
-    for name, path in paths.items():
-        found = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lib":
-                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names} & paths.keys()
-            elif isinstance(node, ast.Import):
-                found |= {a.name for a in node.names if a.name.split(".")[0] == "lib"}
-        imports[name] = found - {name}
-    return imports
-
-
 def test_lib_is_a_handful_of_packages_imported_downwards_only():
     """``lib/`` holds the floors' packages and the commands, nothing else; no module imports a higher floor or a
     command, and no import circle exists."""
     top = sorted(p.stem for p in (PROJECT_ROOT / "lib").iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file())
     assert top == sorted([*FLOORS, *COMMANDS, "__init__"])
     rank = {**{f: i for i, f in enumerate(FLOORS)}, **dict.fromkeys(COMMANDS, len(FLOORS))}
-    imports = _lib_imports()
+    imports = lib_imports()
     upward = [
         f"{m} -> {t}"
         for m, targets in imports.items()

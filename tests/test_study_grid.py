@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import lib_imports
 from test_study import NUMBERS, TINY_RECIPE, hand_started_cluster, snapshot, study_command, write_spec
 
 from lib.core.errors import InputError
@@ -174,25 +175,20 @@ def test_no_step_code_imports_the_commands_left_out_of_its_digest():
     """``lib.runs.provenance.NOT_STEP_CODE`` leaves the commands (studies, verify, summary, eval) out of each step's
     code digest: editing how a study is summarized must not mark every run of every study out of date. So no other
     module of ``lib/`` may import them, at its top or inside a function."""
-    import ast
-
-    from lib.core.paths import PROJECT_ROOT
     from lib.runs.provenance import NOT_STEP_CODE
 
     left_out = [p.removesuffix("/").removesuffix(".py").replace("/", ".") for p in NOT_STEP_CODE]
-    found = []
-    for path in sorted((PROJECT_ROOT / "lib").rglob("*.py")):
-        shown = path.relative_to(PROJECT_ROOT).as_posix()
-        if shown.startswith(NOT_STEP_CODE):
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-            else:
-                continue
-            found += [f"{shown}: {n}" for n in names if any(n == m or n.startswith(m + ".") for m in left_out)]
+
+    def is_left_out(module: str) -> bool:
+        return any(module == m or module.startswith(m + ".") for m in left_out)
+
+    found = [
+        f"{module}: {target}"
+        for module, targets in sorted(lib_imports().items())
+        if not is_left_out(module)
+        for target in sorted(targets)
+        if is_left_out(target)
+    ]
     assert left_out == ["lib.study", "lib.verify", "lib.report.summary", "lib.eval"] and found == []
 
 
