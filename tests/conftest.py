@@ -112,3 +112,16 @@ def lib_imports() -> dict[str, set[str]]:
                 found |= {a.name for a in node.names if a.name.split(".")[0] == "lib"}
         imports[name] = found - {name}
     return imports
+
+
+def read_only_folders(monkeypatch, *folders: Path) -> None:
+    """``folders`` and everything in them answer "not writable", as on a read-only mount (root ignores chmod)."""
+    real = os.access
+    inside = [Path(f).resolve() for f in folders]
+
+    def access(path, mode, *args, **kwargs):
+        if mode & os.W_OK and any(Path(path).resolve().is_relative_to(f) for f in inside):
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)

@@ -25,9 +25,11 @@ from lib.core.paths import SHARED_CSAW_MODELS
 from lib.data.catalog import COMPETITION_DATASETS, DATASETS, dataset_spec
 from lib.data.checksums import read_lock, sha256_of
 from lib.data.datasets import save_image_set
-from lib.data.download import DRIVE_CACHE, WEIGHTS, ensure_csaw
+from lib.data.download import WEIGHTS, ensure_csaw
 from lib.network.architecture import CSAW_NUM_CLASSES
 from lib.report.summary import main as summary_main
+
+DRIVE_CACHE = ".cache/drive"  # under the test's data root, as lib.core.paths.drive_cache puts it
 
 SHARED = SHARED_CSAW_MODELS
 pytestmark = pytest.mark.skipif(
@@ -200,9 +202,10 @@ def test_datasets_prepared_at_the_same_time_download_the_shared_folder_once(tmp_
 
 def test_leftovers_beside_the_cache_are_removed_only_for_the_folder_in_hand(tmp_path, capsys):
     data = tmp_path / "data"
-    leftover, other = data / f".{COMPETITION_FOLDER}.k1ll3d.tmp", data / ".another-folder.x.tmp"
+    beside = (data / DRIVE_CACHE).parent  # a Drive folder is staged beside the cache, then moved into it
+    leftover, other = beside / f".{COMPETITION_FOLDER}.k1ll3d.tmp", beside / ".another-folder.x.tmp"
     write_set(leftover / "data" / "clean_test_data.h5", 12, None, 0)
-    other.mkdir()
+    other.mkdir(parents=True)
     prepare("csaw-anonymous-2", data, FakeCompetitionDrive())
     assert not leftover.exists() and other.exists()
     said = [line for line in capsys.readouterr().out.splitlines() if str(leftover) in line]

@@ -16,9 +16,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import read_only_folders
 
 from lib.core.errors import InputError
-from lib.core.paths import SHARED_CSAW_MODELS, checksum_file
+from lib.core.paths import CACHE_ENV, SHARED_CSAW_MODELS, checksum_file
 from lib.data.catalog import DATASETS
 from lib.data.checksums import read_lock, sha256_of
 from lib.data.datasets import save_image_set
@@ -516,3 +517,29 @@ def test_a_disk_that_fills_while_writing_the_lock_file_leaves_it_as_it_was(tmp_p
     ensure_csaw(LAB3, root, lock_file=lock, downloader=fake, progress=False)
     assert fake.calls == []
     assert read_lock(lock) == {rel: sha256_of(root / rel) for rel in [WEIGHTS, *IMAGE_SETS]}
+
+
+def test_a_complete_read_only_folder_is_only_read_and_new_digests_go_to_the_cache(done, tmp_path, monkeypatch):
+    root, lock = done
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    read_only_folders(monkeypatch, root, lock.parent)  # the project's checksums/ on a read-only mount too
+    lock.unlink()  # nothing recorded yet: the digests of the image sets are new
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    entries = ensure_csaw(LAB3, root, lock_file=lock, downloader=FakeDownloader(fail="any"), progress=False)
+    assert {e["status"] for e in entries.values()} == {"present"}
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before, "the folder is only read"
+    assert not lock.exists()
+    assert read_lock(cache / "checksums" / lock.name) == {rel: sha256_of(root / rel) for rel in [WEIGHTS, *IMAGE_SETS]}
+
+
+def test_an_incomplete_read_only_folder_is_one_error_naming_it_and_the_fix(done, monkeypatch):
+    root, lock = done
+    (root / "cl" / "test.h5").unlink()
+    read_only_folders(monkeypatch, root)
+    downloader = FakeDownloader()
+    with pytest.raises(InputError) as caught:
+        ensure_csaw(LAB3, root, lock_file=lock, downloader=downloader, progress=False)
+    assert str(caught.value).startswith(f"{root}: the folder is read-only")
+    assert "cl/test.h5 would have to be written" in str(caught.value) and "data_dir=" in str(caught.value)
+    assert downloader.calls == [] and "cl/test.h5" not in files_in(root)

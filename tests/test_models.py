@@ -16,7 +16,7 @@ from keras import layers
 
 from lib.core.errors import InputError
 from lib.network.architecture import CSAW_NUM_CLASSES, PRUNED_CONV, PRUNED_POOL, build_deepid
-from lib.network.models import MAX_CONFIG_BYTES, load_model_file, num_classes_of, save_model
+from lib.network.models import MAX_CONFIG_BYTES, load_model_file, num_classes_of, portable_config, save_model
 from lib.network.prunable import check_prunable
 
 CSAW_LAYER_NAMES = [
@@ -111,6 +111,32 @@ def test_saved_model_loads_with_plain_keras_and_predicts_identically(tmp_path, s
     np.testing.assert_array_equal(reloaded.predict(images, verbose=0), model.predict(images, verbose=0))
     via_lib = load_model_file(path)
     np.testing.assert_array_equal(via_lib.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+def test_a_saved_h5_model_carries_no_initializer_argument_an_older_keras_3_refuses(tmp_path):
+    """Keras 3.13 (Kaggle, Colab) refuses the ``input_axes=None`` newer ones write; defaults are left out instead."""
+    path = save_model(tiny_deepid(seed=5), tmp_path / "b.h5")
+    with h5py.File(path, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+    initializers = []
+
+    def collect(item: object) -> None:
+        if isinstance(item, dict):
+            if item.get("module") == "keras.initializers":
+                initializers.append(item["config"])
+            for value in item.values():
+                collect(value)
+        elif isinstance(item, list):
+            for value in item:
+                collect(value)
+
+    collect(config)
+    assert initializers, "the conv and dense layers' initializers are in the config"
+    assert all(None not in c.values() for c in initializers), initializers
+    assert portable_config({"module": "keras.initializers", "config": {"seed": None, "scale": 2.0}}) == {
+        "module": "keras.initializers",
+        "config": {"scale": 2.0},
+    }
 
 
 def test_save_model_replaces_an_existing_file(tmp_path):

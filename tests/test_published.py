@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from conftest import read_only_folders
 
 from lib.core import paths
 from lib.core.errors import InputError
 from lib.data.catalog import DEMO_DATASETS, dataset_spec
-from lib.data.checksums import read_lock, sha256_of, write_lock
+from lib.data.checksums import arrays_key, arrays_sha256, read_lock, sha256_of, write_lock
 from lib.demo import published
 
 
@@ -17,7 +18,7 @@ from lib.demo import published
 def test_each_demo_pins_its_badnet_and_image_sets(dataset):
     spec = dataset_spec(dataset)
     pins = read_lock(paths.checksum_file(dataset))
-    assert set(pins) == {spec.badnet, *spec.image_files()}
+    assert set(pins) == {spec.badnet, *map(arrays_key, spec.image_files())}, "the sets by their arrays, not bytes"
     assert sha256_of(published.verified_badnet(dataset)) == pins[spec.badnet]
     record = published.published_record(dataset)
     assert record["fingerprint"] == published.dataset_recipe(dataset).fingerprint(), "published for its own recipe"
@@ -53,10 +54,33 @@ def test_the_data_step_uses_the_published_badnet_and_warns_about_sets_that_diffe
     assert sha256_of(root / "bd_net.h5") == sha256_of(copied / "published" / "demo" / "bd_net.h5")
     assert summary == published.published_record("demo")["summary"], "no training: the published figures"
     pins = read_lock(paths.checksum_file("demo"))
-    assert all(sha256_of(root / rel) == pins[rel] for rel in dataset_spec("demo").image_files()), "sets reproduce"
-    pins["cl/test.h5"] = "0" * 64  # as if this machine's numpy generated other pixels
+    for rel in dataset_spec("demo").image_files():
+        assert arrays_sha256(root / rel) == pins[arrays_key(rel)], f"{rel} reproduces"
+    pins[arrays_key("cl/test.h5")] = "0" * 64  # as if this machine's numpy generated other pixels
     write_lock(paths.checksum_file("demo"), pins, order=list(pins))
-    with pytest.warns(UserWarning, match=r"cl/test\.h5: the image set generated on this machine differs"):
+    with pytest.warns(UserWarning, match=r"cl/test\.h5: the image set generated on this machine holds other pixels"):
+        published.ensure_demo(root, "demo", progress=False)
+
+
+def test_a_folder_that_holds_the_pinned_demo_is_only_read(copied):
+    root = copied / "data"
+    published.ensure_demo(root, "demo", progress=False)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    published.ensure_demo(root, "demo", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before, "nothing rewritten"
+    (root / "bd" / "bd_test.h5").write_bytes(b"not HDF5")
+    published.ensure_demo(root, "demo", progress=False)
+    assert (
+        arrays_sha256(root / "bd" / "bd_test.h5") == read_lock(paths.checksum_file("demo"))[arrays_key("bd/bd_test.h5")]
+    )
+
+
+def test_an_incomplete_read_only_demo_folder_is_one_error_naming_it(copied, monkeypatch):
+    root = copied / "data"
+    published.ensure_demo(root, "demo", progress=False)
+    (root / "cl" / "test.h5").unlink()
+    read_only_folders(monkeypatch, root)
+    with pytest.raises(InputError, match=r"data: the folder is read-only .* demo dataset \(cl/valid\.h5, .*data_dir="):
         published.ensure_demo(root, "demo", progress=False)
 
 

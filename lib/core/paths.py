@@ -20,8 +20,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_CSAW_MODELS = PROJECT_ROOT.parent / "shared" / "csaw-models"
 #: Small artifacts published with the project (the demos' BadNets), tracked in git under data/.
 PUBLISHED = PROJECT_ROOT / "data" / "published"
+#: The committed results (``results_root`` unless ``$BACKDOOR_RESULTS_ROOT`` moves a run's elsewhere).
+COMMITTED_RESULTS = PROJECT_ROOT / "results"
 #: SHA-256 lock files, one per dataset (``sha256sum`` format).
 CHECKSUMS = PROJECT_ROOT / "checksums"
+#: The one setting that moves caches and the locks of read-only folders (``cache_root``).
+CACHE_ENV = "BACKDOOR_CACHE_DIR"
 
 
 def data_root() -> Path:
@@ -31,7 +35,20 @@ def data_root() -> Path:
 
 def results_root() -> Path:
     """``results/`` of the project, or ``$BACKDOOR_RESULTS_ROOT``."""
-    return Path(os.environ.get("BACKDOOR_RESULTS_ROOT", PROJECT_ROOT / "results"))
+    return Path(os.environ.get("BACKDOOR_RESULTS_ROOT", COMMITTED_RESULTS))
+
+
+def cache_root() -> Path:
+    """Caches and the locks of read-only folders: ``$BACKDOOR_CACHE_DIR``, else ``data/.cache``.
+
+    One setting moves them all to a writable place when the data tree is on a read-only mount.
+    """
+    return Path(os.environ.get(CACHE_ENV) or data_root() / ".cache")
+
+
+def drive_cache() -> Path:
+    """Where a Google Drive folder several datasets share is kept once (``<cache>/drive/<folder id>``)."""
+    return cache_root() / "drive"
 
 
 def data_folder(dataset: str, data_dir: str | Path | None = None) -> Path:

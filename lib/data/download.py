@@ -5,14 +5,18 @@ it is published, its digest if one was published, and how to tell it is usable. 
 the missing ones:
 
 * the image sets from the dataset's Google Drive folder, with gdown, once for all of them (the
-  competition's folder is shared by four datasets: it is downloaded once, kept in
-  ``data/.drive-cache/`` and its files hard-linked into each dataset's folder);
+  competition's folder is shared by four datasets: it is downloaded once, kept in the cache
+  folder (``lib.core.paths.drive_cache``) and its files hard-linked into each dataset's folder);
 * the BadNet's weights (``bd_weights.h5``) from the public GitHub repository, or from a local
   mirror folder (``default_weights_mirror()``), which makes the real weights usable offline.
   ``bd_net.h5`` is then built from them as a full Keras model (``lib.network.models.save_model``).
 
 Every file is checked against the dataset's lock file (``lib.data.checksums``), where the digests of
-the first successful download are recorded.
+the first successful download are recorded; where ``checksums/`` is read-only, they go to the cache
+folder, and a line says how to commit them.
+
+A dataset's folder may be read-only (Kaggle's ``/kaggle/input``) if it is complete: present files are
+only read and checked; one that must still be written stops with ``lib.core.read_only``'s error.
 
 Why staging: everything is downloaded into a temporary folder inside the dataset's folder,
 checked (digest, then HDF5 validation) and only then renamed into place, all files together. A
@@ -33,8 +37,9 @@ from pathlib import Path
 
 from lib.core.errors import InputError
 from lib.core.paths import SHARED_CSAW_MODELS, checksum_file
+from lib.core.read_only import require_writable
 from lib.data.catalog import DatasetSpec
-from lib.data.checksums import read_lock, sha256_of, write_lock
+from lib.data.checksums import read_lock, recorded_line, sha256_of, writable_lock_file, write_lock
 from lib.data.datasets import load_image_set
 from lib.data.fetch import (
     STAGING_SUFFIX,
@@ -52,8 +57,6 @@ from lib.network.models import load_model_file, save_model
 
 #: The published weights, in every CSAW dataset's folder (``bd_net.h5`` is built from them).
 WEIGHTS = "bd_weights.h5"
-#: Where a Drive folder shared by several datasets is kept once (under the data root).
-DRIVE_CACHE = ".drive-cache"
 _STAGING_PREFIX = ".download-"
 
 
@@ -365,7 +368,8 @@ def ensure_csaw(
     if root.is_dir():
         remove_leftovers(root.glob(f"{_STAGING_PREFIX}*{STAGING_SUFFIX}"))
     lock_file = Path(lock_file) if lock_file is not None else checksum_file(spec.name)
-    lock = read_lock(lock_file)
+    recorded = writable_lock_file(lock_file)
+    lock = {**read_lock(recorded), **read_lock(lock_file)}
     # The lock wins over a published digest: the user may knowingly pin other bytes.
     expected = {**{f.path: f.sha256 for f in files if f.sha256}, **lock}
     shared_cache = drive_cache if spec.source.shared_drive_folder else None
@@ -376,13 +380,16 @@ def ensure_csaw(
     badnet = root / spec.badnet
     # A broken bd_net.h5 is reported before anything is downloaded.
     badnet_entry = _check_badnet(badnet) if badnet.is_file() else None
+    must_write = [f.path for f in job.missing if not f.optional] + ([] if badnet_entry else [spec.badnet])
+    require_writable(root, must_write, spec.name)
     with disk_space(root, f"writing the {spec.name} files"):
         if any(not f.optional for f in job.missing):  # optional files ride along with a download, never start one
             entries.update(_obtain_missing(job))
         updated = {**lock, **{rel: entry.sha256 for rel, entry in entries.items()}}
         if updated != lock:
-            with disk_space(lock_file.parent, f"writing the lock file {lock_file}"):
-                write_lock(lock_file, updated, order=[f.path for f in files])
+            with disk_space(recorded.parent, f"writing the lock file {recorded}"):
+                write_lock(recorded, updated, order=[f.path for f in files])
+            job.say(recorded_line(recorded, lock_file, len(updated) - len(lock)))
         entries[spec.badnet] = badnet_entry or _build_badnet(job)
     for f in files:
         entries.setdefault(f.path, _Entry(root / f.path, "", "not published", f.url))

@@ -2,9 +2,9 @@
 
 * ``Downloader`` is the only code that touches the network (gdown, requests), so tests replace it.
 * ``cached_drive_folder``: a Drive folder several datasets share (the competition's four BadNets)
-  is downloaded once into ``data/.drive-cache/<folder id>`` and hard-linked from there. Datasets
-  may be prepared at the same time, so the folder is filled and read under a ``filelock.FileLock``
-  of its own.
+  is downloaded once into ``<cache>/drive/<folder id>`` (``lib.core.paths.drive_cache``) and
+  hard-linked from there. Datasets may be prepared at the same time, so the folder is filled and
+  read under a ``filelock.FileLock`` of its own.
 * ``remove_leftovers``: the staging folders of a killed run (possibly gigabytes) are removed by
   the next run that owns them.
 * ``disk_space``: a full disk or quota becomes one ``InputError`` that says what to free, instead

@@ -3,10 +3,13 @@
 TensorFlow's training on a CPU repeats bit for bit on one processor only: a demo BadNet trained on another
 machine is another network, and every result computed from it differs. So each demo's B is published like
 the real CSAW BadNets: its file in ``data/published/<dataset>/bd_net.h5`` (with ``recipe.json``: the recipe,
-the build's figures and the machine that trained it), its SHA-256 and those of the image sets its recipe
-generates pinned in ``checksums/<dataset>.sha256``. For the dataset's own recipe the data step generates
-the image sets (numpy only), checks them against their pins (a warning names a set that differs: results
-will then differ too) and uses the published B, checked against its pin (a changed file is an error).
+the build's figures and the machine that trained it), its SHA-256 and the digests of the arrays of the
+image sets its recipe generates (``lib.data.checksums.arrays_sha256``: HDF5 files written by two h5py
+versions differ in bytes, not in pixels) pinned in ``checksums/<dataset>.sha256``. For the dataset's own
+recipe the data step keeps a folder that already holds the pinned sets and the published B (it may be
+read-only), and otherwise generates the image sets (numpy only), checks them against their pins (a warning
+names a set that differs: results will then differ too) and copies the published B, checked against its
+pin (a changed file is an error).
 Another recipe (a study's seed, ``demo_recipe=...``) trains a new B on this machine.
 ``make demo-rebuild DATASET=...`` trains and publishes a new B; the committed results then no longer
 apply until they are regenerated and committed with it.
@@ -25,16 +28,26 @@ import shutil
 import sys
 import tempfile
 import warnings
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 from lib.core.atomic import atomic_path
 from lib.core.errors import InputError
 from lib.core.paths import PUBLISHED, checksum_file, shown
+from lib.core.read_only import require_writable
 from lib.data.catalog import dataset_spec
-from lib.data.checksums import read_lock, sha256_of, write_lock
+from lib.data.checksums import arrays_key, arrays_sha256, read_lock, sha256_of, write_lock
 from lib.demo.data import make_demo_data
-from lib.demo.recipe import DemoRecipe, demo_files, recipe_path, stored_summary, write_recipe_record
+from lib.demo.recipe import (
+    RECIPE_FILE,
+    DemoRecipe,
+    demo_files,
+    is_demo_current,
+    recipe_path,
+    stored_summary,
+    write_recipe_record,
+)
 from lib.demo.scenario import build_demo_scenario, ensure_demo_scenario, write_sets
 from lib.network.models import load_model_file, save_model
 from lib.runs.machine import describe
@@ -89,29 +102,37 @@ def verified_badnet(dataset: str) -> Path:
     return path
 
 
-def _warn_if_sets_differ(root: Path, dataset: str) -> list[str]:
-    """Compare the generated image sets with their pins; warn for each that differs (results will differ too)."""
+def _sets_differing_from_pins(root: Path, dataset: str) -> list[str]:
+    """The image sets under ``root`` whose arrays differ from their pins (or that are missing or unreadable)."""
     pins = read_lock(checksum_file(dataset))
     differing = []
     for rel in dataset_spec(dataset).image_files():
-        expected, path = pins.get(rel), root / rel
-        if expected is not None and sha256_of(path) != expected:
+        expected = pins.get(arrays_key(rel))
+        try:
+            actual = arrays_sha256(root / rel)
+        except OSError:  # missing, or not an HDF5 file: generated again
+            actual = None
+        if expected is None or actual != expected:
             differing.append(rel)
-            warnings.warn(
-                f"{shown(path)}: the image set generated on this machine differs from the one pinned in "
-                f"{shown(checksum_file(dataset))}; results computed from it will differ from the committed ones "
-                "(numpy's random generator or float functions behave differently here)",
-                stacklevel=3,
-            )
     return differing
+
+
+def _holds_published_demo(root: Path, dataset: str, recipe: DemoRecipe, badnet: Path) -> bool:
+    """``root`` already holds this demo: its recipe.json, the published B and the pinned image sets."""
+    files = demo_files(root)
+    return (
+        is_demo_current(root, recipe)
+        and sha256_of(files.badnet) == sha256_of(badnet)
+        and not _sets_differing_from_pins(root, dataset)
+    )
 
 
 def ensure_demo(root: Path, dataset: str, overrides: dict[str, Any] | None = None, progress: bool = True) -> dict:
     """Make ``root`` hold the demo for this recipe; the published B where it applies, else one trained here.
 
-    Returns the summary recorded in ``root/recipe.json``. With the published B the image sets are generated
-    anew on every call (the data step calls it only when its files are missing or changed) and B is checked
-    against its pin.
+    Returns the summary recorded in ``root/recipe.json``. With the published B, a folder that already holds
+    it and image sets equal to their pins is only read (it may be read-only); otherwise the sets are
+    generated (numpy, a few seconds), B is copied and a set that differs from its pin gets a warning.
     """
     root = Path(root)
     recipe = dataset_recipe(dataset, overrides)
@@ -127,15 +148,22 @@ def ensure_demo(root: Path, dataset: str, overrides: dict[str, Any] | None = Non
             )
         return ensure_demo_scenario(root, recipe, progress=progress)
     badnet = verified_badnet(dataset)
+    if _holds_published_demo(root, dataset, recipe, badnet):
+        return stored_summary(root)
     files = demo_files(root)
-    # The data step runs only when its files are missing or changed: the sets are generated again (numpy, a few
-    # seconds) rather than trusted, and B is copied again unless it is the published one.
+    require_writable(root, [p.relative_to(root).as_posix() for p in astuple(files)] + [RECIPE_FILE], dataset)
     recipe_path(root).unlink(missing_ok=True)  # an interrupted run must not look finished
     write_sets(files, make_demo_data(recipe))
     if not files.badnet.is_file() or sha256_of(files.badnet) != sha256_of(badnet):
         with atomic_path(files.badnet) as tmp:
             shutil.copyfile(badnet, tmp)
-    _warn_if_sets_differ(root, dataset)
+    for rel in _sets_differing_from_pins(root, dataset):
+        warnings.warn(
+            f"{shown(root / rel)}: the image set generated on this machine holds other pixels than the one pinned "
+            f"in {shown(checksum_file(dataset))}; results computed from it will differ from the committed ones "
+            "(numpy's random generator or float functions behave differently here)",
+            stacklevel=2,
+        )
     write_recipe_record(root, recipe, published["summary"])
     return stored_summary(root)
 
@@ -148,7 +176,8 @@ def publish(dataset: str, progress: bool = True) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         summary = build_demo_scenario(Path(tmp), recipe, progress=progress)
         built = demo_files(Path(tmp))
-        digests = {rel: sha256_of(Path(tmp) / rel) for rel in [spec.badnet, *spec.image_files()]}
+        digests = {spec.badnet: sha256_of(built.badnet)}
+        digests.update({arrays_key(rel): arrays_sha256(Path(tmp) / rel) for rel in spec.image_files()})
         summary = {**summary, PUBLISHED_KEY: digests[spec.badnet], "trained_on": describe()}
         # Loaded without its training state (the optimizer's moments would triple the file) and saved again:
         # the weights are the same bits, the file is the one the data step copies.

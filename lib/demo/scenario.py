@@ -13,12 +13,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from lib.core.read_only import require_writable
 from lib.data.datasets import save_image_set
 from lib.defense.metrics import accuracy
 from lib.demo import attacks
 from lib.demo.data import DemoData, make_demo_data
 from lib.demo.recipe import (
     DEFAULT_RECIPE,
+    RECIPE_FILE,
     DemoFiles,
     DemoRecipe,
     demo_files,
@@ -99,5 +101,6 @@ def ensure_demo_scenario(root: Path, recipe: DemoRecipe = DEFAULT_RECIPE, progre
     """
     if is_demo_current(root, recipe):
         return stored_summary(root)
+    require_writable(root, [RECIPE_FILE, *(p.name for p in demo_files(root).missing())], f"demo (seed {recipe.seed})")
     recipe_path(root).unlink(missing_ok=True)  # an interrupted rebuild must not look finished
     return build_demo_scenario(root, recipe, progress=progress)

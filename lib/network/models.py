@@ -223,7 +223,8 @@ def num_classes_of(model: keras.Model) -> int:
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:
-    """Save a full model atomically; ``keras.models.load_model(path, compile=False)`` loads it."""
+    """Save a full model atomically; ``keras.models.load_model(path, compile=False)`` loads it, in this Keras and
+    in the older Keras 3 of the platforms (``portable_config``)."""
     path = Path(path)
     # Keras 3 calls .h5 "legacy" (a warning, or a line of absl's log); the lab's contract is .h5.
     absl = logging.getLogger("absl")
@@ -235,4 +236,25 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
             model.save(tmp)
         finally:
             absl.setLevel(level)
+        if path.suffix == ".h5":
+            with h5py.File(tmp, "r+") as f:
+                f.attrs["model_config"] = json.dumps(portable_config(json.loads(f.attrs["model_config"])))
     return path
+
+
+def portable_config(config: object) -> object:
+    """A model's config without the initializer arguments left at their default ``None``.
+
+    Keras after 3.13 writes ``input_axes``/``output_axes`` into the initializers' configs, and the Keras 3.13 of
+    Kaggle and Colab refuses them (``TypeError`` while loading): a published BadNet saved by the pinned Keras
+    would not load there. Initializers only matter for training a layer anew; a missing argument takes the same
+    default.
+    """
+    if isinstance(config, list):
+        return [portable_config(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    portable = {key: portable_config(value) for key, value in config.items()}
+    if portable.get("module") == "keras.initializers" and isinstance(portable.get("config"), dict):
+        portable["config"] = {key: value for key, value in portable["config"].items() if value is not None}
+    return portable

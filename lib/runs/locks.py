@@ -4,7 +4,9 @@ Two ``make all`` runs on the same dataset would otherwise interleave their write
 possibly with other parameters), and one run's clean-up could delete the other's temporary files. A
 folder is held through a reader-writer lock file inside it (``filelock.ReadWriteLock``): a results folder
 by one writer, a data folder by its data step as writer or by any number of readers (the analysis steps of
-a study's runs of one CSAW dataset read it together). Locks are released by the
+a study's runs of one CSAW dataset read it together). A folder this process cannot write (a read-only
+dataset) keeps its lock in the cache folder instead (``lib.core.paths.cache_root``), under a name made from
+its path. Locks are released by the
 operating system if their holder dies, so they never go stale; who holds a folder is written beside the
 lock, so that a second run stops with a message that names the holder, at once or, with
 ``$BACKDOOR_LOCK_TIMEOUT`` seconds, after waiting that long.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import socket
@@ -30,7 +33,8 @@ from pathlib import Path
 from filelock import ReadWriteLock, Timeout
 
 from lib.core.errors import InputError
-from lib.core.paths import data_folder, result_files, shown
+from lib.core.paths import CACHE_ENV, cache_root, data_folder, result_files, shown
+from lib.core.read_only import is_writable
 
 HELD_ENV = "BACKDOOR_HELD_LOCKS"
 TIMEOUT_ENV = "BACKDOOR_LOCK_TIMEOUT"
@@ -56,17 +60,34 @@ def env_holding(folders: Sequence[Path], env: dict[str, str] | None = None) -> d
     return env
 
 
-def _holder(folder: Path) -> str:
+def _lock_home(folder: Path) -> Path:
+    """The folder that holds ``folder``'s lock: itself, or for a folder this process cannot write, the cache's."""
+    if is_writable(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    home = cache_root() / "locks" / hashlib.sha256(_key(folder).encode()).hexdigest()[:16]
     try:
-        info = json.loads((folder / HOLDER_NAME).read_text(encoding="utf-8"))
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            shown(folder),
+            f"the folder is read-only and its lock cannot go to the cache folder {shown(cache_root())} either ({exc})",
+            f"set ${CACHE_ENV} to a writable folder",
+        ) from None
+    return home
+
+
+def _holder(home: Path) -> str:
+    try:
+        info = json.loads((home / HOLDER_NAME).read_text(encoding="utf-8"))
         return f"process {info['pid']} on {info['host']} ({info['command']}, since {info['since']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
 
 
 def _acquire(stack: contextlib.ExitStack, folder: Path, shared: bool, timeout: float, what: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = ReadWriteLock(folder / LOCK_NAME, timeout=timeout, is_singleton=False)
+    home = _lock_home(folder)
+    lock = ReadWriteLock(home / LOCK_NAME, timeout=timeout, is_singleton=False)
     try:
         if shared:
             stack.enter_context(lock.read_lock())
@@ -75,7 +96,7 @@ def _acquire(stack: contextlib.ExitStack, folder: Path, shared: bool, timeout: f
     except Timeout:
         raise InputError(
             shown(folder),
-            f"in use by {_holder(folder)}: one run at a time per folder",
+            f"in use by {_holder(home)}: one run at a time per folder",
             "wait for that run to finish (or stop it), or point this run at folders of its own "
             "(notebook parameters data_dir=... results_dir=...)",
         ) from None
@@ -85,8 +106,8 @@ def _acquire(stack: contextlib.ExitStack, folder: Path, shared: bool, timeout: f
         "command": what or " ".join(sys.argv)[:200],
         "since": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    (folder / HOLDER_NAME).write_text(json.dumps(holder) + "\n", encoding="utf-8")
-    stack.callback((folder / HOLDER_NAME).unlink, missing_ok=True)
+    (home / HOLDER_NAME).write_text(json.dumps(holder) + "\n", encoding="utf-8")
+    stack.callback((home / HOLDER_NAME).unlink, missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lib.core.paths import checksum_file, data_root, shown
+from lib.core.paths import checksum_file, drive_cache, shown
 from lib.core.step_names import DATA
 from lib.data.datasets import ImageSet
-from lib.data.download import DRIVE_CACHE, default_weights_mirror, ensure_csaw
+from lib.data.download import default_weights_mirror, ensure_csaw
 from lib.data.reference import enforce, reference_table
 from lib.demo.published import ensure_demo, published_folder
 from lib.network.models import BATCH_SIZE, predict_classes
@@ -53,9 +53,7 @@ def prepare_data(
             inputs = [p for p in published if p.is_file()]  # a newly published B reruns the data step
         else:
             mirror = default_weights_mirror() if use_weights_mirror else None
-            ensure_csaw(
-                ws.spec, ws.data, weights_mirror=mirror, progress=progress, drive_cache=data_root() / DRIVE_CACHE
-            )
+            ensure_csaw(ws.spec, ws.data, weights_mirror=mirror, progress=progress, drive_cache=drive_cache())
         scenario = load_scenario(ws)
         sets = load_all_sets(scenario)  # read and validated once, for the overview, the check and the samples
         files = image_set_overview(scenario, sets)
