@@ -24,12 +24,14 @@ from dask.system import CPU_COUNT
 from lib.core.errors import InputError
 from lib.core.paths import PROJECT_ROOT, StudyFiles
 from lib.core.step_names import DATA, STEPS
+from lib.runs import machine
 from lib.runs import notebook as run_notebook
+from lib.study import engine
 from lib.study.aggregate import RUN_COLUMNS, summarize, summary_table
 from lib.study.contrasts import contrast_table
 from lib.study.engine import jobs_for
 from lib.study.reading import read_study
-from lib.study.runner import RunReport, SharedKernel, execute, pinned_env
+from lib.study.runner import RunReport, SharedKernel, execute, gpu_env, pinned_env
 from lib.study.spec import load_spec, step_notebook
 from lib.study.stats import INTERVAL_NAME, interval
 
@@ -423,3 +425,28 @@ def test_the_scheduler_address_may_come_from_the_environment(tmp_path):
     command = [sys.executable, "-m", "lib.study", "run", str(write_spec(tmp_path, TINY)), "--workers", "2"]
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--workers: sizes only the local cluster" in done.stderr
+
+
+def test_each_local_worker_runs_on_a_gpu_of_its_own():
+    gpus = ["0", "1"]
+    assert gpu_env({"A": "1"}, 0, gpus) == {"A": "1", "CUDA_VISIBLE_DEVICES": "0"}
+    assert [gpu_env({}, n, gpus)["CUDA_VISIBLE_DEVICES"] for n in range(4)] == ["0", "1", "0", "1"]
+    assert gpu_env({"CUDA_VISIBLE_DEVICES": "3"}, "gpu-node-7", ["3"]) == {"CUDA_VISIBLE_DEVICES": "3"}, "as started"
+    assert gpu_env({}, 0, []) == {}, "no GPU: the environment as it was"
+
+
+def test_a_local_cluster_has_at_most_one_worker_per_gpu(monkeypatch):
+    monkeypatch.setattr(engine, "CPU_COUNT", 64)
+    monkeypatch.setattr(engine.psutil, "virtual_memory", lambda: type("M", (), {"available": 2**40})())
+    monkeypatch.setattr(engine, "gpu_ids", lambda: ["0", "1"])
+    assert engine.default_workers() == 2
+    monkeypatch.setattr(engine, "gpu_ids", lambda: [])
+    assert engine.default_workers() == 64
+
+
+@pytest.mark.parametrize(
+    ("visible", "ids"), [("2,3", ["2", "3"]), ("", []), ("-1", []), ("GPU-5d2c, 1", ["GPU-5d2c", "1"])]
+)
+def test_the_gpus_a_process_may_use_follow_cuda_visible_devices(monkeypatch, visible, ids):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert machine.gpu_ids() == ids

@@ -8,6 +8,7 @@ and every benchmark the processor it ran on. Nothing here changes between two ru
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -81,6 +82,21 @@ def gpus() -> list[str]:
     except (OSError, IndexError, subprocess.SubprocessError):
         driver = "unknown"
     return [f"{name} (driver {driver})" for name in names]
+
+
+def gpu_ids() -> list[str]:
+    """The CUDA devices this process may use, without starting TensorFlow: ``$CUDA_VISIBLE_DEVICES`` where it is
+    set, else what ``nvidia-smi`` lists; empty on a machine without NVIDIA GPUs. A study gives each of its
+    local workers one of them (``lib.study.runner.gpu_env``)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [i.strip() for i in visible.split(",") if i.strip()]
+        return [] if not ids or ids[0] == "-1" else ids  # CUDA ignores the list from the first invalid entry
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU ")]
 
 
 def describe() -> dict[str, object]:

@@ -1,7 +1,7 @@
 """Fan a study's runs out on Dask (``dask.distributed``) and follow them to the end.
 
 With no scheduler address the runs go to a ``LocalCluster`` of worker processes sized to this machine (one
-run at a time per worker, at most one worker per core and per ``MEMORY_PER_RUN`` of free memory); with an
+run at a time per worker, at most one worker per core, per ``MEMORY_PER_RUN`` of free memory and per GPU); with an
 address (``--scheduler`` or ``DASK_SCHEDULER_ADDRESS``), to any running cluster: ``dask scheduler`` and
 ``dask worker`` started by hand, or dask-jobqueue on SLURM. Workers must run this project at the same path
 (a shared file system) so that every run writes where the client reads.
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from lib.core.errors import InputError
 from lib.core.paths import PROJECT_ROOT, shown
 from lib.core.step_names import DATA, STEPS
+from lib.runs.machine import gpu_ids
 from lib.runs.notebook import stale_reason
 from lib.study.runner import Job, RunReport, execute
 from lib.study.spec import Run, StudySpec, step_notebook
@@ -50,9 +51,12 @@ class StudyOutcome:
 
 
 def default_workers(threads_per_run: int | None = None) -> int:
-    """Local workers: one per ``threads_per_run`` cores (default 1), fewer if free memory cannot hold as many runs."""
-    by_cores = CPU_COUNT // (threads_per_run or 1)
-    return max(1, min(by_cores, psutil.virtual_memory().available // MEMORY_PER_RUN))
+    """Local workers: one per ``threads_per_run`` cores (default 1), fewer if free memory cannot hold as many runs;
+    on a machine with GPUs, at most one per GPU (each worker's runs get a GPU of their own: ``runner.gpu_env``)."""
+    limits = [CPU_COUNT // (threads_per_run or 1), psutil.virtual_memory().available // MEMORY_PER_RUN]
+    if gpus := gpu_ids():
+        limits.append(len(gpus))
+    return max(1, min(limits))
 
 
 def scheduler_address(scheduler: str | None = None, workers: int | None = None) -> str | None:

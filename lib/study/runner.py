@@ -31,6 +31,7 @@ from typing import Any
 from lib.core.atomic import write_text
 from lib.core.errors import InputError
 from lib.runs import notebook as run_notebook
+from lib.runs.machine import gpu_ids
 from lib.study.spec import Run, step_notebook
 
 INFO_NAME = "study-run.json"
@@ -78,15 +79,34 @@ class RunReport:
     seconds: float = 0.0
 
 
-def worker_name() -> str:
-    """The Dask worker's name (``local-<n>`` for a local cluster's numbered workers), or ``local`` outside Dask."""
+def _worker_number() -> object:
+    """A local cluster's worker number (0, 1, ...); the name of any other worker; None outside Dask."""
     import distributed
 
     try:
-        name = distributed.get_worker().name
+        return distributed.get_worker().name
     except ValueError:
+        return None
+
+
+def worker_name() -> str:
+    """The Dask worker's name (``local-<n>`` for a local cluster's numbered workers), or ``local`` outside Dask."""
+    name = _worker_number()
+    if name is None:
         return "local"
     return f"local-{name}" if isinstance(name, int) else str(name)
+
+
+def gpu_env(env: dict[str, str], worker: object, gpus: Sequence[str]) -> dict[str, str]:
+    """``env`` with one GPU for a local cluster's worker number ``worker``: one run per GPU at a time.
+
+    Two TensorFlow processes on one GPU share its memory and its time, and each would otherwise see every
+    GPU. A worker of a cluster of your own keeps the ``CUDA_VISIBLE_DEVICES`` it was started with (start one
+    worker per GPU: ``CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --nworkers 1 --nthreads 1``).
+    """
+    if gpus and isinstance(worker, int):
+        return {**env, "CUDA_VISIBLE_DEVICES": gpus[worker % len(gpus)]}
+    return env
 
 
 def pinned_env(threads: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -163,7 +183,7 @@ def execute(job: Job, earlier: Sequence[RunReport] = ()) -> list[RunReport]:
     """
     threads = job.threads
     worker = worker_name()
-    env = pinned_env(threads)
+    env = gpu_env(pinned_env(threads), _worker_number(), gpu_ids())
     held = [p for run in job.runs for p in (run.data_dir, run.results_dir)]
     blocked = {r.run: r for r in earlier if not r.ok}
     log = job.runs[0].results_dir / "notebooks" / "kernel.log"
