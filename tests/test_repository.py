@@ -15,6 +15,7 @@ import yaml
 from conftest import lib_imports
 
 from lib.core.paths import PROJECT_ROOT
+from lib.report.tables import read_csv
 from lib.runs.notebook import notebook_defaults
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
@@ -157,11 +158,10 @@ def _table_rows(block: str) -> list[list[str]]:
 
 def test_readme_demo_table_quotes_the_committed_results():
     """The README's single-run table is copied from results/demo*/goodnet.csv, rounded: it must not drift."""
-    import pandas as pd
 
     rows = _table_rows(_block("goodnet:demo"))
     tables = {
-        d: pd.read_csv(PROJECT_ROOT / "results" / d / "goodnet.csv").set_index("model")
+        d: read_csv(PROJECT_ROOT / "results" / d / "goodnet.csv").set_index("model")
         for d in ("demo", "demo-pruning-aware")
     }
     assert [r[0] for r in rows] == ["B", "B'_2%", "B'_4%", "B'_10%"]
@@ -180,9 +180,8 @@ STUDIES = (
 
 
 def _study_file(study: str, name: str):
-    import pandas as pd
 
-    return pd.read_csv(PROJECT_ROOT / "results" / "studies" / study / name)
+    return read_csv(PROJECT_ROOT / "results" / "studies" / study / name)
 
 
 def _study_summary():

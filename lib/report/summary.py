@@ -18,7 +18,7 @@ from lib.core.atomic import write_text
 from lib.core.errors import InputError
 from lib.core.paths import results_root, shown
 from lib.core.step_names import FINE_PRUNING, GOODNET, SWEEP
-from lib.report.tables import markdown_table, write_csv
+from lib.report.tables import markdown_table, read_csv, write_csv
 from lib.runs import provenance
 from lib.runs.workspace import Workspace, rerun, workspace
 
@@ -38,7 +38,7 @@ def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING)) 
                 f"run notebooks 01-05 with {ws.notebook_parameters} first (`make all {ws.make_target}`)",
             )
         provenance.require_current(ws.results, step, rerun(ws, step))
-        tables.append(pd.read_csv(files[step]))
+        tables.append(read_csv(files[step]))
     return pd.concat(tables, ignore_index=True)
 
 

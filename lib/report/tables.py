@@ -10,6 +10,15 @@ from lib.core.atomic import write_text
 from lib.core.rows import format_threshold
 
 
+def read_csv(path: str | Path | object, **options: object) -> pd.DataFrame:
+    """Read a CSV this project wrote: every float parsed back to the exact value written.
+
+    pandas' default float parser may be off by one unit in the last place (pandas 2.2's is, on Kaggle);
+    a mean like 99.94999999999999 then prints as 100.0 instead of 99.9, and a rerun's table differs.
+    """
+    return pd.read_csv(path, float_precision="round_trip", **options)
+
+
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
     """Write a table as CSV atomically, with Unix newlines."""
     write_text(path, table.to_csv(index=False, lineterminator="\n"))

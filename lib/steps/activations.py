@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from lib.core.errors import InputError
 from lib.core.step_names import ACTIVATIONS
 from lib.report import plots
-from lib.report.tables import significant, write_csv
+from lib.report.tables import read_csv, significant, write_csv
 from lib.runs import provenance
 from lib.runs.workspace import rerun
 from lib.steps.common import ACTIVATION_DIGITS, locked
@@ -52,7 +52,7 @@ def read_activation_table(scenario: Scenario) -> pd.DataFrame:
     """``activations.csv`` as the activation step wrote it, checked against the model's channel count."""
     results = scenario.results
     provenance.require_current(results, ACTIVATIONS, rerun(scenario, ACTIVATIONS))
-    table = pd.read_csv(results.activations_csv)
+    table = read_csv(results.activations_csv)
     n_channels = scenario.badnet.get_layer(scenario.conv_layer).filters
     if sorted(table["channel"].tolist()) != list(range(n_channels)):
         raise InputError(

@@ -14,7 +14,7 @@ from lib.core.step_names import GOODNET
 from lib.defense.goodnet import Evaluated, TestData
 from lib.defense.goodnet_model import build_goodnet, save_goodnet
 from lib.report import plots
-from lib.report.tables import markdown_table, write_csv
+from lib.report.tables import markdown_table, read_csv, write_csv
 from lib.runs import provenance
 from lib.runs.workspace import rerun
 from lib.steps.common import locked
@@ -77,4 +77,4 @@ def rows_summary(table: pd.DataFrame) -> str:
 
 def read_goodnet_table(scenario: Scenario) -> pd.DataFrame:
     provenance.require_current(scenario.results, GOODNET, rerun(scenario, GOODNET))
-    return pd.read_csv(scenario.results.goodnet_csv)
+    return read_csv(scenario.results.goodnet_csv)

@@ -15,7 +15,7 @@ from lib.core.step_names import SWEEP
 from lib.network.models import save_model
 from lib.network.pruning import prune_channels
 from lib.report import plots
-from lib.report.tables import significant, write_csv
+from lib.report.tables import read_csv, significant, write_csv
 from lib.runs import provenance
 from lib.runs.workspace import rerun
 from lib.steps.common import ACTIVATION_DIGITS, locked
@@ -116,7 +116,7 @@ def read_pruned(scenario: Scenario) -> list[Pruned]:
     """Every B' of the last sweep, as it recorded them, checked to be that sweep's files."""
     results = scenario.results
     provenance.require_current(results, SWEEP, rerun(scenario, SWEEP))
-    table = pd.read_csv(results.thresholds_csv, dtype={"pruned_channels": str}).astype({"channels_pruned": "Int64"})
+    table = read_csv(results.thresholds_csv, dtype={"pruned_channels": str}).astype({"channels_pruned": "Int64"})
     chosen = table.dropna(subset=["channels_pruned"])
     return [
         Pruned(float(r.threshold), np.array(r.pruned_channels.split(), dtype=np.int64), results.bprime(r.threshold))

@@ -35,7 +35,7 @@ from lib.core.paths import StudyFiles, result_files, shown, studies_root
 from lib.core.step_names import STEPS, SWEEP
 from lib.report import plots
 from lib.report.summary import model_rows
-from lib.report.tables import markdown_table
+from lib.report.tables import markdown_table, read_csv
 from lib.runs import provenance
 from lib.runs.notebook import full_parameters
 from lib.runs.workspace import workspace
@@ -113,7 +113,7 @@ def run_table(spec: StudySpec, runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFr
         table["threads"] = " + ".join(dict.fromkeys(str(s["threads"]) for s in info.values()))
         models.append(table[run_columns])
         provenance.require_current(ws.results, SWEEP, f"rerun the study: `python -m lib.study run {shown(spec.path)}`")
-        sweep = pd.read_csv(ws.results.sweep_csv).assign(**labels)
+        sweep = read_csv(ws.results.sweep_csv).assign(**labels)
         sweeps.append(sweep[sweep_columns])
     return _concat(models, run_columns), _concat(sweeps, sweep_columns)
 
@@ -134,7 +134,7 @@ def default_setting_runs() -> pd.DataFrame | None:
         defaults = {k: v for step in STEPS for k, v in notebook_defaults(step).items()}
         if any(defaults.get(k) != v for k, v in spec.parameters.items()):
             continue
-        runs = pd.read_csv(path)
+        runs = read_csv(path)
         for name in spec.grid:
             runs = runs[runs[name] == defaults[name]]
         tables.append(runs[RUN_COLUMNS])
@@ -222,7 +222,7 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
         runs, sweeps = run_table(spec, complete)
         source = "runs"
     elif files.runs_csv.is_file() and files.sweeps_csv.is_file():
-        runs, sweeps = pd.read_csv(files.runs_csv), pd.read_csv(files.sweeps_csv)
+        runs, sweeps = read_csv(files.runs_csv), read_csv(files.sweeps_csv)
         source, missing = "files", []
     else:
         raise InputError(
