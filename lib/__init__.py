@@ -8,7 +8,8 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
 ``lib.core``                  what every other package uses
     ``errors``                ``InputError``: the one exception type, which names a file and a fix
     ``atomic``                write-to-temp-then-rename: nothing half-written is ever left behind
-    ``paths``                 where the project's folders and each run's result files live
+    ``paths``                 where the project's folders and each run's result files live; the cache folder
+    ``read_only``             data folders a run cannot write: fine when complete, else one clear error
     ``rows``                  the name of every model row (B, B'_t%, G_t%, FT, GFT, FP_t%, GFP_t%)
     ``step_names``            the five step names, spelled once (as their notebooks are named)
     ``shapes``                ``IMAGE_SHAPE_NHWC``: the face as the networks see it
@@ -26,14 +27,14 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
     ``reference``             B checked against its publishers' figures
     ``download``              the real CSAW data: gdown + GitHub, SHA-256 checked
     ``fetch``                 bytes onto the disk: the network boundary, the shared Drive cache, a full disk
-    ``checksums``             the lock files ``checksums/<dataset>.sha256`` (read, write, SHA-256)
+    ``checksums``             the lock files ``checksums/<dataset>.sha256`` (read, write; file and array digests)
 ``lib.runs``                  one run of one dataset
     ``workspace``             where the run reads and writes
     ``locks``                 one run at a time per data and results folder
     ``provenance``            what each step read and wrote (``run.json``): results follow their inputs
     ``notebook``              run a step's notebook headlessly with papermill, only when it is out of date
     ``reproducibility``       seeds and TensorFlow op determinism
-    ``machine``               the processor and library versions a result was computed with
+    ``machine``               the processor, GPUs and library versions a result was computed with
 ``lib.defense``               the defense's measurements and repairs
     ``metrics``               clean accuracy, attack success rate, near ties
     ``activations``           mean activation of every channel of the last pooling layer; the pruning order

@@ -9,8 +9,9 @@ figures are compared with the spread of the committed multi-seed study where the
 as not comparable. Figures (PNG) are reported, not judged: they are drawn from the tables that are.
 
 By default the pipeline runs in a temporary folder (data and results roots moved there, ``make all``
-itself), so the working tree is not touched; ``--in-place`` runs ``make all`` here. Either way the fresh
-files are compared with the committed ones (``git show HEAD:...``).
+itself), so the working tree is not touched; ``--in-place`` runs ``make all`` here; ``--compare DATASET...``
+runs nothing and judges what is already in ``results/`` (notebooks run by hand, on Kaggle, in CI's platform
+jobs). Either way the fresh files are compared with the committed ones (``git show HEAD:...``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import numpy as np
 import pandas as pd
 
 from lib.core import rows
-from lib.core.paths import PROJECT_ROOT, ResultFiles, result_files
+from lib.core.paths import COMMITTED_RESULTS, PROJECT_ROOT, ResultFiles, result_files, shown
 from lib.core.step_names import FINE_PRUNING
 from lib.data.catalog import DEMO_DATASETS
+from lib.report.tables import read_csv
 from lib.runs import provenance
 
 #: Relative tolerance for floats that are not counts (mean activations): float32 kernels of other processors
@@ -81,7 +83,7 @@ def compare_tables(committed: pd.DataFrame, fresh: pd.DataFrame) -> str | None:
 
 
 def _read_csv(data: bytes) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(data), dtype={"pruned_channels": str})
+    return read_csv(io.BytesIO(data), dtype={"pruned_channels": str})
 
 
 def read_committed(path: Path) -> bytes | None:
@@ -165,10 +167,10 @@ def compare_run(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: 
                 if rel.suffix == ".csv" and rel.name == committed.fine_pruning_csv.name:
                     machine = read(committed.trained_on)
                     same = machine is not None and _machine(machine) == _machine(fresh.trained_on.read_bytes())
-                    verdicts += compare_trained(dataset, _read_csv(before), pd.read_csv(path), same)
+                    verdicts += compare_trained(dataset, _read_csv(before), read_csv(path), same)
                 continue
             if rel.suffix == ".csv":
-                problem = compare_tables(_read_csv(before), pd.read_csv(path, dtype={"pruned_channels": str}))
+                problem = compare_tables(_read_csv(before), read_csv(path, dtype={"pruned_channels": str}))
                 same_bytes = before == path.read_bytes()
                 note = "identical" if same_bytes else ("same under the rule" if problem is None else problem)
                 verdicts.append(Verdict(what, problem is None, note))
@@ -182,7 +184,7 @@ def headline(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: Cal
     before_bytes = read(committed.goodnet_csv)
     if before_bytes is None or not fresh.goodnet_csv.is_file():
         return []
-    before, after = _read_csv(before_bytes).set_index("model"), pd.read_csv(fresh.goodnet_csv).set_index("model")
+    before, after = _read_csv(before_bytes).set_index("model"), read_csv(fresh.goodnet_csv).set_index("model")
     lines = []
     for name in after.index:
         if rows.parse_row(name).goodnet:
@@ -222,19 +224,28 @@ def run_make(in_place: bool, workdir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--in-place", action="store_true", help="run make all here, compare with git HEAD")
+    parser.add_argument(
+        "--compare", nargs="+", metavar="DATASET", choices=DEMO_DATASETS, help="run nothing: judge results/DATASET"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
         workdir = Path(tmp)
-        print(f"running the default pipeline from scratch {'here' if args.in_place else f'in {workdir}'} ...")
-        if run_make(args.in_place, workdir) != 0:
-            print("make all failed: nothing to compare", file=sys.stderr)
-            return 1
+        in_place = args.in_place or bool(args.compare)
+        if not args.compare:
+            print(f"running the default pipeline from scratch {'here' if in_place else f'in {workdir}'} ...")
+            if run_make(in_place, workdir) != 0:
+                print("make all failed: nothing to compare", file=sys.stderr)
+                return 1
         read = read_committed
         verdicts, heads, ties = [], [], []
-        for dataset in DEMO_DATASETS:
-            fresh = result_files(dataset) if args.in_place else ResultFiles(workdir / "results" / dataset)
-            verdicts += compare_run(dataset, fresh, result_files(dataset), read)
-            heads += headline(dataset, fresh, result_files(dataset), read)
+        for dataset in args.compare or DEMO_DATASETS:
+            fresh = result_files(dataset) if in_place else ResultFiles(workdir / "results" / dataset)
+            if not fresh.goodnet_csv.is_file() or not provenance.read_record(fresh):
+                print(f"{shown(fresh.root)}: no results to compare: run notebooks 01-05 on {dataset}", file=sys.stderr)
+                return 1
+            committed = ResultFiles(COMMITTED_RESULTS / dataset)
+            verdicts += compare_run(dataset, fresh, committed, read)
+            heads += headline(dataset, fresh, committed, read)
             ties.append(near_tie_census(dataset, fresh))
     print("\nfiles (inference-only: counts identical, floats within 1e-5 relative; trained: the study's spread)")
     print("\n".join(v.line() for v in verdicts))
@@ -242,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(heads))
     print("\nnear ties (two best scores within 1e-3 relative: classes another processor's rounding could flip)")
     print("\n".join(ties))
+    if not any(v.agrees for v in verdicts) or not heads:
+        print("\nFAILED: nothing was compared (no committed result matches a fresh one)")
+        return 1
     failed = [v for v in verdicts if v.agrees is False] + [h for h in heads if h.startswith("DIFF")]
     print(
         f"\n{'FAILED' if failed else 'OK'}: {len(failed)} inference-only result(s) differ; "
