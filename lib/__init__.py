@@ -1,6 +1,6 @@
 """Pruning and fine-pruning defenses against backdoored face recognizers (BadNets / Fine-Pruning, CSAW-HackML-2020).
 
-The project's module map (the only one). The method is in the notebooks (``notebooks/02``-``05``), in short
+The project's module map (the only one). The method is in the notebooks (``notebooks/02``-``06``), in short
 cells over ``lib.defense`` and ``lib.sweep``; each ends with one record call of ``lib.steps``.
 Packages are floors, listed bottom to top: a module imports from its own floor and the floors below it, never
 from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
@@ -11,9 +11,9 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
     ``paths``                 where the project's folders and each run's result files live; the cache folder
     ``read_only``             data folders a run cannot write: fine when complete, else one clear error
     ``rows``                  the name of every model row (B, B'_t%, G_t%, FT, GFT, FP_t%, GFP_t%)
-    ``step_names``            the five step names, spelled once (as their notebooks are named)
+    ``step_names``            the step names, spelled once (as their notebooks are named)
     ``shapes``                ``IMAGE_SHAPE_NHWC``: the face as the networks see it
-    ``quiet``                 import TensorFlow without its start-up lines on the console
+    ``quiet``                 TensorFlow without its start-up lines or its retracing advice on the console
 ``lib.network``               the DeepID-style BadNet as a Keras model
     ``architecture``          its layers, named as in the CSAW files
     ``models``                load a BadNet safely, predict, save models atomically
@@ -40,6 +40,7 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
     ``activations``           mean activation of every channel of the last pooling layer; the pruning order
     ``goodnet``               the repaired network G and the test-data evaluation of every model
     ``goodnet_model``         G as one loadable Keras model (both networks and N)
+    ``clp``                   CLP: channels pruned by their Lipschitz bound, u chosen on validation data
     ``finetune``              fine-tuning on clean data, pruned channels kept pruned (fine-pruning)
 ``lib.sweep``                 the pruning sweep
     ``engine``                the engine (exact; why, in its docstring) and the naive reference
@@ -69,6 +70,7 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
     ``pruning_sweep``         03 ``record_sweep``: sweep.csv, thresholds.csv, each B'; ``read_pruned`` for 04-05
     ``goodnet``               04 ``record_goodnets``: goodnet.csv and each G as a model; the test data
     ``fine_pruning``          05 ``record_fine_pruning``: the fine-tuned models, their tables and history
+    ``clp``                   06 ``record_clp``: CLP's scan, its rows and models
 ``lib.study``                 multi-seed studies on Dask (``make study``; ``__main__``: ``python -m lib.study``)
     ``spec``                  the study file: read, checked, its runs and their notebook parameters
     ``runner``                one job on a worker: a run's notebooks in one kernel, threads pinned

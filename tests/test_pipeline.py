@@ -18,12 +18,14 @@ import pytest
 from conftest import run_notebook_cells
 
 from lib.core.paths import PROJECT_ROOT
+from lib.core.rows import parse_row
 from lib.network.models import load_model_file
+from lib.report.tables import read_csv
 from lib.runs.notebook import main as run_notebook
 
 pytestmark = pytest.mark.slow
 
-NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet", "05_fine_pruning"]
+NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet", "05_fine_pruning", "06_clp"]
 RUNNER = [sys.executable, "-m", "lib.runs.notebook"]
 SMALL_DEMO = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
 
@@ -73,9 +75,13 @@ def test_notebooks_write_the_contract_files(demo_run):
         "trained_on.json",
         "run.json",
         "models/ft.h5",
+        "clp.csv",
+        "clp_sweep.csv",
+        "models/clp_u3.h5",
+        "models/goodnet_clp_u3.keras",
     ]:
         assert (results / f).is_file(), f
-    for f in ["samples.png", "activations.png", "sweep.png", "goodnet.png", "fine_pruning.png"]:
+    for f in ["samples.png", "activations.png", "sweep.png", "goodnet.png", "fine_pruning.png", "clp.png"]:
         assert (results / "figures" / f).stat().st_size > 1000, f
     for name in NOTEBOOKS:
         nb = nbformat.read(results / "notebooks" / f"{name}.ipynb", as_version=4)
@@ -314,3 +320,45 @@ def test_the_plain_keras_path_gives_the_same_sweep(demo_run, tmp_path, monkeypat
     assert variables["engine"].strategy.value == "keras_tail"
     for name in ("sweep.csv", "thresholds.csv"):
         assert (mine / name).read_bytes() == (results / name).read_bytes(), name
+
+
+def test_every_clp_model_gives_its_row_with_plain_keras(demo_run):
+    """Each saved CLP model, loaded with plain Keras, predicts the test sets as its row of clp.csv says."""
+    data, results = demo_run
+    table = read_csv(results / "clp.csv").set_index("model")
+    clean, triggered = (h5py.File(data / f, "r") for f in ("cl/test.h5", "bd/bd_test.h5"))
+    x_clean, y_clean = np.transpose(clean["data"][()], (0, 2, 3, 1)), clean["label"][()]
+    x_bd, y_bd = np.transpose(triggered["data"][()], (0, 2, 3, 1)), triggered["label"][()]
+    names = [m for m in table.index if not m.startswith("G")]
+    assert names[0] == "CLP_u3" and set(names) <= {"CLP_u3", "CLP_2%", "CLP_4%", "CLP_10%"}
+    for name in names:
+        model = keras.models.load_model(results / "models" / f"{parse_row(name).file_stem}.h5", compile=False)
+        accuracy = 100 * np.mean(np.argmax(model.predict(x_clean, verbose=0), axis=1) == y_clean)
+        asr = 100 * np.mean(np.argmax(model.predict(x_bd, verbose=0), axis=1) == y_bd)
+        assert accuracy == pytest.approx(table.loc[name, "clean_accuracy"], abs=1e-9), name
+        assert asr == pytest.approx(table.loc[name, "attack_success_rate"], abs=1e-9), name
+        zeroed = sum(
+            int(np.all(model.get_layer(c).kernel.numpy()[..., k] == 0))
+            for c in ("conv_1", "conv_2", "conv_3", "conv_4")
+            for k in range(model.get_layer(c).kernel.shape[-1])
+        )
+        assert zeroed >= table.loc[name, "channels_pruned"], name
+
+
+def test_clp_chooses_with_validation_data_only(demo_run, tmp_path):
+    """Other test images change CLP's test rows, never what it chose: the scan, each u and each pruned channel."""
+    data, results = demo_run
+    other = tmp_path / "data"
+    shutil.copytree(data, other)
+    for name in ("cl/test.h5", "bd/bd_test.h5"):
+        with h5py.File(other / name, "r+") as f:
+            f["data"][...] = 255.0 - f["data"][()]  # other images, same schema and labels
+    variables = run_notebook_cells("clp", data_dir=str(other), results_dir=str(tmp_path / "results"))
+    assert (tmp_path / "results" / "clp_sweep.csv").read_bytes() == (results / "clp_sweep.csv").read_bytes()
+    ours, theirs = pd.read_csv(tmp_path / "results" / "clp.csv"), pd.read_csv(results / "clp.csv")
+    assert ours[["model", "threshold", "channels_pruned"]].equals(theirs[["model", "threshold", "channels_pruned"]])
+    assert not ours["clean_accuracy"].equals(theirs["clean_accuracy"]), "the test sets did change"
+    for row, model in variables["repaired"].items():
+        saved = keras.models.load_model(results / "models" / f"{row.file_stem}.h5", compile=False)
+        for a, b in zip(model.get_weights(), saved.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -129,7 +129,7 @@ def _makefile_params() -> dict[str, set[str]]:
 
 def test_every_parameter_the_makefile_passes_is_in_the_parameters_cell():
     passed = _makefile_params()
-    assert set(passed) == {p.stem for p in NOTEBOOKS if p.stem != "06_study"}
+    assert set(passed) == {p.stem for p in NOTEBOOKS if p.stem != "07_study"}
     assert {"dataset", "data_dir", "results_dir"} <= passed["01_data"] and "thresholds" in passed["03_pruning_sweep"]
     for stem, names in passed.items():
         assert names <= set(notebook_defaults(PROJECT_ROOT / "notebooks" / f"{stem}.ipynb")), stem
@@ -144,7 +144,7 @@ def test_parameters_cell_holds_plain_literals(path):
     for node in ast.parse(cell.source).body:
         assert isinstance(node, ast.Assign), f"{path.name}: only assignments in the parameters cell"
         ast.literal_eval(node.value)  # raises for anything but a literal
-    assert "dataset" in notebook_defaults(path) or path.stem == "06_study"
+    assert "dataset" in notebook_defaults(path) or path.stem == "07_study"
 
 
 def _block(marker: str) -> str:
@@ -156,15 +156,21 @@ def _table_rows(block: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.strip().splitlines()[2:]]
 
 
-def test_readme_demo_table_quotes_the_committed_results():
-    """The README's single-run table is copied from results/demo*/goodnet.csv, rounded: it must not drift."""
+@pytest.mark.parametrize(
+    ("marker", "file", "models"),
+    [
+        ("goodnet:demo", "goodnet.csv", ["B", "B'_2%", "B'_4%", "B'_10%"]),
+        ("clp:demo", "clp.csv", ["CLP_u3", "CLP_2%", "CLP_4%", "CLP_10%"]),
+    ],
+)
+def test_readme_demo_tables_quote_the_committed_results(marker, file, models):
+    """The README's single-run tables are copied from results/demo*/<file>, rounded: they must not drift."""
 
-    rows = _table_rows(_block("goodnet:demo"))
+    rows = _table_rows(_block(marker))
     tables = {
-        d: read_csv(PROJECT_ROOT / "results" / d / "goodnet.csv").set_index("model")
-        for d in ("demo", "demo-pruning-aware")
+        d: read_csv(PROJECT_ROOT / "results" / d / file).set_index("model") for d in ("demo", "demo-pruning-aware")
     }
-    assert [r[0] for r in rows] == ["B", "B'_2%", "B'_4%", "B'_10%"]
+    assert [r[0] for r in rows] == models
     for model, *cells in rows:
         for table, (k, acc, asr) in zip(tables.values(), (cells[:3], cells[3:]), strict=True):
             row = table.loc[model]

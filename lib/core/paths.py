@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib.core.rows import format_threshold
+from lib.core.rows import ModelRow, format_threshold
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: The genuine CSAW-HackML-2020 weight files, when the project's shared folder lies beside it.
@@ -85,6 +85,9 @@ class ResultFiles:
     fine_pruning_md = _under_root("fine_pruning.md", "Every model of both steps in one table, for reading.")
     fine_tuning_history_csv = _under_root("fine_tuning_history.csv", "Per fine-tuned model and epoch: losses, kept.")
     trained_on = _under_root("trained_on.json", "The machine and versions that trained the fine-tuned models.")
+    clp_sweep_csv = _under_root("clp_sweep.csv", "CLP's scan of u on clean validation data (notebook 06).")
+    clp_csv = _under_root("clp.csv", "CLP_u3, each CLP_t% and each of their GoodNets on test data (notebook 06).")
+    clp_md = _under_root("clp.md")
     figures = _under_root("figures")
     models = _under_root("models")
     notebooks = _under_root("notebooks", "Executed copies of the notebooks, their logs (not committed).")
@@ -100,6 +103,10 @@ class ResultFiles:
     def fine_tuned(self, threshold: float | None) -> Path:
         """B fine-tuned (``threshold`` None: ``ft.h5``) or B' fine-pruned (``fp_<t>.h5``) on clean data."""
         return self.models / ("ft.h5" if threshold is None else f"fp_{format_threshold(threshold)}.h5")
+
+    def repaired_model(self, row: ModelRow) -> Path:
+        """A repaired model of another defense, named after its row: ``CLP_u3 -> models/clp_u3.h5``."""
+        return self.models / f"{row.file_stem}.h5"
 
     def goodnet_model(self, repaired: Path) -> Path:
         """G of B and the ``repaired`` model file, as one loadable file: ``bprime_2.h5 -> goodnet_bprime_2.keras``."""

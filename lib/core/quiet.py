@@ -9,6 +9,7 @@ pointed at /dev/null for that moment only; ``TF_CPP_MIN_LOG_LEVEL=3`` then keeps
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -35,3 +36,17 @@ def import_tensorflow_quietly() -> None:
         return
     with c_stderr_silenced():
         import tensorflow  # noqa: F401  (loaded for its side effect: the libraries are in memory)
+
+
+@contextlib.contextmanager
+def no_retracing_advice() -> Iterator[None]:
+    """Keep TensorFlow's retracing advice ("5 out of the last 13 calls ... triggered tf.function retracing") out of
+    the output: Keras traces its predict step once per model and batch shape, which several models over test
+    sets of two sizes reach; harmless here, and alarming to a notebook's reader."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

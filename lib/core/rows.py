@@ -12,6 +12,10 @@ row        model                                                   written by
 ``GFT``    the GoodNet of B and FT                                 ``fine_pruning``
 ``FP_t%``  B'_t% fine-tuned on clean data (fine-pruning)           ``fine_pruning``
 ``GFP_t%`` the GoodNet of B and FP_t%                              ``fine_pruning``
+``CLP_uX`` B with every conv's channels of Lipschitz bound z > X   ``clp`` (notebook 06)
+           pruned (CLP, data-free)
+``CLP_t%`` CLP with u chosen on clean validation data: t points    ``clp``
+``GCLP_*`` the GoodNet of B and CLP_uX or CLP_t%                   ``clp``
 =========  ======================================================  ============================
 """
 
@@ -20,16 +24,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lib.core.step_names import FINE_PRUNING, GOODNET
+from lib.core.step_names import CLP, FINE_PRUNING, GOODNET
 
 BADNET = "B"
 PRUNED = "B'"
 FINE_TUNED = "FT"
 FINE_PRUNED = "FP"
+LIPSCHITZ = "CLP"
 #: A GoodNet's row is its repaired network's row with this mark: ``G_2%`` from ``B'_2%``, ``GFP_2%``...
 GOODNET_MARK = "G"
 
-_NAME = re.compile(r"^(?P<goodnet>G?)(?P<kind>B'|B|FT|FP)?(?:_(?P<threshold>\d+(?:\.\d+)?)%)?$")
+_NAME = re.compile(
+    r"^(?P<goodnet>G?)(?P<kind>B'|B|FT|FP|CLP)?(?:_(?:(?P<threshold>\d+(?:\.\d+)?)%|u(?P<u>\d+(?:\.\d+)?)))?$"
+)
 
 
 def format_threshold(threshold: float) -> str:
@@ -39,40 +46,58 @@ def format_threshold(threshold: float) -> str:
 
 @dataclass(frozen=True)
 class ModelRow:
-    """One model of the comparison: its kind (``B``, ``B'``, ``FT``, ``FP``), whether it is that model's
-    GoodNet, and the accuracy-drop threshold that chose its pruning (None for B and FT)."""
+    """One model of the comparison: its kind (``B``, ``B'``, ``FT``, ``FP``, ``CLP``), whether it is that model's
+    GoodNet, and the accuracy-drop threshold that chose its pruning (None for B and FT), or for CLP's data-free
+    row the fixed ``u`` instead."""
 
     kind: str
     threshold: float | None = None
     goodnet: bool = False
+    u: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in (BADNET, PRUNED, FINE_TUNED, FINE_PRUNED):
+        if self.kind not in (BADNET, PRUNED, FINE_TUNED, FINE_PRUNED, LIPSCHITZ):
             raise ValueError(f"unknown model kind {self.kind!r}")
-        if (self.threshold is None) != (self.kind in (BADNET, FINE_TUNED)):
+        if self.kind == LIPSCHITZ:
+            if (self.threshold is None) == (self.u is None):
+                raise ValueError("CLP takes either a threshold (CLP_2%) or a fixed u (CLP_u3)")
+        elif self.u is not None:
+            raise ValueError(f"{self.kind} takes no u")
+        elif (self.threshold is None) != (self.kind in (BADNET, FINE_TUNED)):
             raise ValueError(f"{self.kind} takes {'no' if self.kind in (BADNET, FINE_TUNED) else 'a'} threshold")
         if self.goodnet and self.kind == BADNET:
             raise ValueError("B has no GoodNet of its own: G is built from B and a repaired copy")
 
     @property
     def name(self) -> str:
-        """The row's name in every table: ``B``, ``B'_2%``, ``G_2%``, ``FT``, ``GFT``, ``FP_2%``, ``GFP_2%``."""
+        """The row's name in every table: ``B``, ``B'_2%``, ``G_2%``, ``FT``, ``GFT``, ``FP_2%``, ``GFP_2%``,
+        ``CLP_u3``, ``CLP_2%``, ``GCLP_u3``..."""
         if self.goodnet and self.kind == PRUNED:
             base = GOODNET_MARK  # G_2%, not GB'_2%: the lab's name
         else:
             base = (GOODNET_MARK if self.goodnet else "") + self.kind
+        if self.u is not None:
+            return f"{base}_u{format_threshold(self.u)}"
         return base if self.threshold is None else f"{base}_{format_threshold(self.threshold)}%"
 
     @property
     def step(self) -> str:
         """The pipeline step that writes this row."""
+        if self.kind == LIPSCHITZ:
+            return CLP
         return GOODNET if self.kind in (BADNET, PRUNED) else FINE_PRUNING
+
+    @property
+    def file_stem(self) -> str:
+        """The row's model file name without suffix: ``clp_u3`` for ``CLP_u3``, ``clp_2`` for ``CLP_2%``."""
+        setting = f"u{format_threshold(self.u)}" if self.u is not None else format_threshold(self.threshold)
+        return f"{self.kind.lower()}_{setting}"
 
     def goodnet_of(self) -> ModelRow:
         """The GoodNet built from B and this repaired model."""
         if self.goodnet or self.kind == BADNET:
             raise ValueError(f"{self.name} is not a repaired network")
-        return ModelRow(self.kind, self.threshold, goodnet=True)
+        return ModelRow(self.kind, self.threshold, goodnet=True, u=self.u)
 
     def __str__(self) -> str:
         return self.name
@@ -82,11 +107,14 @@ def parse_row(name: str) -> ModelRow:
     """The row a table calls ``name`` (the inverse of ``ModelRow.name``)."""
     match = _NAME.match(name)
     if match is None or (match["kind"] is None and not match["goodnet"]):
-        raise ValueError(f"{name!r} is not a model row name (B, B'_2%, G_2%, FT, GFT, FP_2%, GFP_2%)")
-    goodnet, kind, threshold = bool(match["goodnet"]), match["kind"], match["threshold"]
+        raise ValueError(f"{name!r} is not a model row name (B, B'_2%, G_2%, FT, GFT, FP_2%, GFP_2%, CLP_u3, CLP_2%)")
+    goodnet, kind, threshold, u = bool(match["goodnet"]), match["kind"], match["threshold"], match["u"]
     if goodnet and kind is None:
         kind = PRUNED  # G_2%
-    row = ModelRow(kind, None if threshold is None else float(threshold), goodnet)
+    try:
+        row = ModelRow(kind, None if threshold is None else float(threshold), goodnet, None if u is None else float(u))
+    except ValueError as exc:
+        raise ValueError(f"{name!r} is not a model row name ({exc})") from None
     if row.name != name:
         raise ValueError(f"{name!r} is not a model row name (did you mean {row.name!r}?)")
     return row
@@ -106,6 +134,11 @@ def fine_tuned() -> ModelRow:
 
 def fine_pruned(threshold: float) -> ModelRow:
     return ModelRow(FINE_PRUNED, float(threshold))
+
+
+def lipschitz(threshold: float | None = None, u: float | None = None) -> ModelRow:
+    """``CLP_2%`` (u chosen for a 2-point budget) or ``CLP_u3`` (the paper's fixed u)."""
+    return ModelRow(LIPSCHITZ, None if threshold is None else float(threshold), u=None if u is None else float(u))
 
 
 def goodnet_rows(thresholds: list[float]) -> list[ModelRow]:

@@ -1,9 +1,10 @@
-"""The five steps of the defense, named as their notebooks: ``03_pruning_sweep.ipynb`` runs ``pruning_sweep``."""
+"""The steps of the defenses, named as their notebooks: ``03_pruning_sweep.ipynb`` runs ``pruning_sweep``."""
 
 from __future__ import annotations
 
 DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING = "data", "activations", "pruning_sweep", "goodnet", "fine_pruning"
-STEPS = (DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING)
+CLP = "clp"
+STEPS = (DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING, CLP)
 
 
 def notebook_of(step: str) -> str:

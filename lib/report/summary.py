@@ -1,4 +1,5 @@
-"""One table across datasets: every dataset's ``goodnet.csv`` and ``fine_pruning.csv`` stacked, the dataset named.
+"""One table across datasets: every dataset's ``goodnet.csv``, ``fine_pruning.csv`` and ``clp.csv`` stacked, the
+dataset named.
 
 ``make csaw-all`` collects the four competition BadNets with it and ``make all`` the two demos:
 ``python -m lib.report.summary --out results/csaw-summary csaw-sunglasses csaw-anonymous-1 ...`` writes
@@ -17,25 +18,26 @@ import pandas as pd
 from lib.core.atomic import write_text
 from lib.core.errors import InputError
 from lib.core.paths import results_root, shown
-from lib.core.step_names import FINE_PRUNING, GOODNET, SWEEP
+from lib.core.step_names import CLP, FINE_PRUNING, GOODNET, SWEEP
 from lib.report.tables import markdown_table, read_csv, write_csv
 from lib.runs import provenance
 from lib.runs.workspace import Workspace, rerun, workspace
 
 
-def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING)) -> pd.DataFrame:
-    """The rows of ``goodnet.csv`` and ``fine_pruning.csv`` of one run, each checked to be its step's current output."""
-    files = {GOODNET: ws.results.goodnet_csv, FINE_PRUNING: ws.results.fine_pruning_csv}
+def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING, CLP)) -> pd.DataFrame:
+    """The rows of ``goodnet.csv``, ``fine_pruning.csv`` and ``clp.csv`` of one run, each checked to be its step's
+    current output."""
+    files = {GOODNET: ws.results.goodnet_csv, FINE_PRUNING: ws.results.fine_pruning_csv, CLP: ws.results.clp_csv}
     recorded = provenance.read_record(ws.results)
     tables = []
     for step in steps:
-        if step == FINE_PRUNING and step not in recorded and not files[step].exists():
-            continue  # fine-pruning never ran here (steps 1-4 only): nothing to report, nothing stale
+        if step != GOODNET and step not in recorded and not files[step].exists():
+            continue  # a later step never ran here (steps 1-4 only): nothing to report, nothing stale
         if not files[step].is_file():
             raise InputError(
                 files[step],
                 "file not found",
-                f"run notebooks 01-05 with {ws.notebook_parameters} first (`make all {ws.make_target}`)",
+                f"run notebooks 01-06 with {ws.notebook_parameters} first (`make all {ws.make_target}`)",
             )
         provenance.require_current(ws.results, step, rerun(ws, step))
         tables.append(read_csv(files[step]))
@@ -60,8 +62,8 @@ def write_summary(datasets: Sequence[str], out: str | Path) -> pd.DataFrame:
 def where(ws: Workspace) -> str:
     """Where a run's results are and what its last steps found: the closing lines of ``make all``."""
     found = provenance.summaries(ws.results)
-    lines = [f"{shown(ws.results.root)}/: goodnet.md, fine_pruning.md, sweep.csv, figures/*.png"]
-    lines += [f"  {step}: {found[step]}" for step in (SWEEP, GOODNET, FINE_PRUNING) if found.get(step)]
+    lines = [f"{shown(ws.results.root)}/: goodnet.md, fine_pruning.md, clp.md, sweep.csv, figures/*.png"]
+    lines += [f"  {step}: {found[step]}" for step in (SWEEP, GOODNET, FINE_PRUNING, CLP) if found.get(step)]
     return "\n".join(lines)
 
 

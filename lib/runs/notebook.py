@@ -156,7 +156,7 @@ def run(
     """Run ``notebook`` with ``params`` unless its step is up to date; see the module docstring.
 
     ``env`` is the environment the kernel starts from (default: this process's); ``km`` an already
-    started kernel to run in (``lib.study`` runs a dataset's five notebooks in one).
+    started kernel to run in (``lib.study`` runs a dataset's step notebooks in one).
     """
     notebook = Path(notebook)
     parameters = full_parameters(notebook, params)

@@ -2,7 +2,7 @@
 
 A study is a file, ``studies/<name>.yaml`` (datasets, seeds, the notebook parameters every run shares, an
 optional grid of parameters, extra contrasts, demo recipe overrides). ``python -m lib.study run
-studies/<name>.yaml`` runs the five notebooks of each (dataset, seed[, grid point]) into
+studies/<name>.yaml`` runs the step notebooks of each (dataset, seed[, grid point]) into
 ``results/studies/<name>/runs/`` on a local Dask cluster or any running one, then writes the aggregates beside
 them.
 

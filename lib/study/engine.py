@@ -141,9 +141,9 @@ def pending_runs(spec: StudySpec) -> tuple[list[Run], list[Run]]:
 def jobs_for(spec: StudySpec, runs: list[Run], threads: int) -> tuple[dict[Path, Job], list[Job]]:
     """Data jobs (one per shared data folder: its runs' data steps in turn) and run jobs (one per run).
 
-    A demo run without a grid is one job of five notebooks. Runs that share a data folder (a CSAW dataset's,
+    A demo run without a grid is one job of its step notebooks. Runs that share a data folder (a CSAW dataset's,
     or a demo instance's across grid points) get it from one data job, which builds it at its first run and
-    only checks it at the others; their other four notebooks wait for it. Every job gets ``threads``.
+    only checks it at the others; their other notebooks wait for it. Every job gets ``threads``.
     """
     params = {r.name: {s: spec.notebook_parameters(r, s) for s in STEPS} for r in runs}
     shared: dict[Path, list[Run]] = {}

@@ -1,10 +1,10 @@
 """Execute runs of a study where a Dask worker calls it: each run's notebooks, in one kernel, threads pinned.
 
-A job is what one worker does at a time: usually one run's five notebooks; for a CSAW dataset, whose runs
+A job is what one worker does at a time: usually one run's step notebooks; for a CSAW dataset, whose runs
 share ``data/<dataset>``, first one job that runs the data notebook of each of its runs in turn (the only
-step that writes that folder), then one job per run for the other four, reading it together.
+step that writes that folder), then one job per run for the other steps, reading it together.
 
-* One kernel per job, not per notebook: TensorFlow is imported once per run instead of five times (the
+* One kernel per job, not per notebook: TensorFlow is imported once per run instead of once per notebook (the
   fixed cost of a run). Between notebooks the kernel's user namespace is reset (``%reset -f``, Keras
   session and figures cleared), so a notebook never sees another's variables; every notebook seeds
   itself at its top. The kernel starts only if a step is out of date.
