@@ -59,8 +59,11 @@ class Verdict:
 
 
 def _floats_agree(a: pd.Series, b: pd.Series) -> bool:
+    """Equal (infinities included: CLP's scan starts at u = inf), both NaN, or within ``REL_TOL``."""
     a, b = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
-    return bool(np.all((np.isnan(a) & np.isnan(b)) | (np.abs(a - b) <= REL_TOL * np.abs(a) + 1e-12)))
+    with np.errstate(invalid="ignore"):  # inf - inf: decided by the equality
+        close = np.isfinite(a) & np.isfinite(b) & (np.abs(a - b) <= REL_TOL * np.abs(a) + 1e-12)
+    return bool(np.all((a == b) | (np.isnan(a) & np.isnan(b)) | close))
 
 
 def compare_tables(committed: pd.DataFrame, fresh: pd.DataFrame) -> str | None:

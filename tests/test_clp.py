@@ -67,3 +67,14 @@ def test_clp_rows_are_named_and_filed_as_the_issue_asks(name, stem):
     assert rows.lipschitz(u=3).name == "CLP_u3" and rows.lipschitz(2).goodnet_of().name == "GCLP_2%"
     with pytest.raises(ValueError, match="either a threshold"):
         rows.ModelRow(rows.LIPSCHITZ, 2.0, u=3.0)
+
+
+def test_verify_judges_a_scan_that_starts_at_infinity_by_its_values():
+    """``make verify`` and the platform jobs compare clp_sweep.csv, whose u runs from inf to -inf."""
+    from lib.verify import compare_tables
+
+    scan = pd.DataFrame({"u": [np.inf, 2.5, -np.inf], "clean_accuracy": [100.0, 99.0, 50.0]})
+    assert compare_tables(scan, scan.copy()) is None
+    other = scan.assign(u=[np.inf, 2.6, -np.inf])
+    assert compare_tables(scan, other) is not None and "u" in compare_tables(scan, other)
+    assert compare_tables(scan, scan.assign(u=[-np.inf, 2.5, -np.inf])) is not None
