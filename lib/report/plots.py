@@ -67,8 +67,11 @@ def plot_channel_activations(table: pd.DataFrame, pool_layer: str) -> Figure:
     return fig
 
 
-def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], title: str = "") -> Figure:
-    """Clean accuracy and attack success rate against the fraction of channels pruned, with the B' points marked."""
+def plot_sweep(
+    sweep: pd.DataFrame, thresholds: Mapping[float, int | None], title: str = "", x_max: float = 1.0
+) -> Figure:
+    """Clean accuracy and attack success rate against the fraction of channels pruned, with the chosen points marked
+    (B', or CLP's u); ``x_max``: where the axis ends, for a scan that stops early (CLP's)."""
     fig, ax = _figure(figsize=(7, 4.2))
     ax.plot(sweep["fraction"], sweep["clean_accuracy"], color=CLEAN_COLOR, label="clean accuracy (validation)")
     measured_asr = sweep["attack_success_rate"].notna().any()
@@ -103,7 +106,7 @@ def plot_sweep(sweep: pd.DataFrame, thresholds: Mapping[float, int | None], titl
     ax.set_xlabel("fraction of channels pruned")
     ax.set_ylabel("percent")
     ax.set_ylim(-2, 102)
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, x_max)
     ax.legend(loc="lower left", fontsize=8)
     ax.set_title(title or "Pruning sweep")
     sns.despine(fig)

@@ -53,7 +53,7 @@ def record_clp(
         write_csv(table, results.clp_csv)
         write_text(results.clp_md, markdown_table(table))
         title = f"{scenario.dataset}: CLP, u lowered past each channel's Lipschitz z-score (validation data)"
-        figure = plots.plot_sweep(scan, chosen, title=title)
+        figure = plots.plot_sweep(scan, chosen, title=title, x_max=1.2 * float(scan["fraction"].iloc[-1]) or 1.0)
         plots.save_figure(figure, results.figure("clp"))
         provenance.record_step(
             results,
