@@ -10,6 +10,7 @@ from conftest import tiny_deepid, tiny_images
 from lib.core import rows
 from lib.defense import clp
 from lib.network.models import predict_classes
+from lib.network.pruning import prune_plan
 
 LAYERS = ("conv_1", "conv_3", "conv_4")  # the tiny network's convolutions
 
@@ -46,10 +47,11 @@ def test_the_scan_prunes_as_a_fresh_copy_would_and_stops_past_the_largest_budget
     assert scan["clean_accuracy"].iloc[0] == 100.0 and scan["channels_pruned"].is_monotonic_increasing
     assert (scan["clean_correct"] * 100 / len(images) == scan["clean_accuracy"]).all()
     for k in range(len(scan)):
-        fresh = clp.prune_channels(model, clp.channels_above(bounds, scan["u"].iloc[k]))
+        fresh = prune_plan(model, clp.channels_above(bounds, scan["u"].iloc[k]))
         assert 100 * np.mean(predict_classes(fresh, images) == labels) == scan["clean_accuracy"].iloc[k]
     assert (100 - scan["clean_accuracy"].iloc[:-1] <= 30).all()
     assert 100 - scan["clean_accuracy"].iloc[-1] > 30 or scan["channels_pruned"].iloc[-1] == len(bounds)
+    assert scan["attack_success_rate"].isna().all(), "no triggered images: the ASR is NaN, as in sweep.csv"
 
 
 def test_each_budget_keeps_the_largest_pruning_whose_drop_stays_within_it_counted_exactly():

@@ -7,7 +7,7 @@ kernel. CLP prunes, in every convolution, the channels whose bound exceeds mean 
 Adapted to these networks: they have no batch normalisation, so the bound is the spectral norm of the kernel
 itself (the paper multiplies in BN's scale), taken as CLP's code does, over the channel's kernel reshaped to
 (input channels, kh x kw); the spread is the sample standard deviation (``torch.std``'s). Pruning zeroes the
-channel's kernel and bias (``lib.network.pruning``), where the paper zeroes BN's scale and shift.
+channel's kernel and bias (``lib.network.pruning.zero_plan``), where the paper zeroes BN's scale and shift.
 
 The paper fixes u = 3 (data-free). Chosen instead on clean validation data with the budgets of B': the channels'
 z-scores order them, lowering u prunes them in that order, and each budget t keeps the largest pruning whose
@@ -30,12 +30,10 @@ from lib.core.rows import ModelRow
 from lib.defense.goodnet import Evaluated, TestData, evaluate
 from lib.defense.metrics import accuracy
 from lib.network.models import copy_model, predict_classes
-from lib.network.pruning import zero_channels
+from lib.network.pruning import zero_plan
 
 #: The convolutions of the DeepID networks, every one of which CLP prunes.
 CONV_LAYERS = ("conv_1", "conv_2", "conv_3", "conv_4")
-#: The paper's u.
-PAPER_U = 3.0
 
 
 def channel_bounds(model: keras.Model, layers: Sequence[str] = CONV_LAYERS) -> pd.DataFrame:
@@ -60,15 +58,6 @@ def channels_above(bounds: pd.DataFrame, u: float) -> dict[str, np.ndarray]:
     }
 
 
-def prune_channels(model: keras.Model, plan: Mapping[str, np.ndarray]) -> keras.Model:
-    """A copy of ``model`` with the channels of ``plan`` (layer -> channels) zeroed; the original is untouched."""
-    pruned = copy_model(model)
-    for name, channels in plan.items():
-        if len(channels):
-            zero_channels(pruned.get_layer(name), np.asarray(channels, dtype=np.int64))
-    return pruned
-
-
 def scan_u(
     model: keras.Model,
     bounds: pd.DataFrame,
@@ -88,22 +77,18 @@ def scan_u(
     z_values = np.unique(bounds["z"].to_numpy())[::-1]  # distinct, largest first
     cut_points = [np.inf, *z_values[1:], -np.inf]  # u just at the next z: prunes every channel above it
     pruned = copy_model(model)  # one copy, pruned further at each u (the sets are nested): predict traces once
-    done: dict[str, set[int]] = {name: set() for name in bounds["layer"].unique()}
     rows, base, allowed = [], None, Fraction(str(max_drop)) * len(labels) / 100  # images the scan may lose
     for u in tqdm(cut_points, desc="CLP: u on validation data", disable=not progress, leave=False):
-        for name, channels in channels_above(bounds, u).items():
-            new = sorted(set(channels.tolist()) - done[name])
-            if new:
-                zero_channels(pruned.get_layer(name), np.asarray(new, dtype=np.int64))
-                done[name].update(new)
+        n_pruned = zero_plan(pruned, channels_above(bounds, u))
         correct = int(np.sum(predict_classes(pruned, images, batch_size) == labels))
         base = correct if base is None else base
-        row = {"u": u, "channels_pruned": sum(len(c) for c in done.values())}
+        row = {"u": u, "channels_pruned": n_pruned}
         row |= {"clean_correct": correct, "clean_accuracy": 100.0 * correct / len(labels)}
-        if triggered_valid is not None:
-            row["attack_success_rate"] = accuracy(
-                predict_classes(pruned, triggered_valid[0], batch_size), triggered_valid[1]
-            )
+        row["attack_success_rate"] = (  # NaN where no poisoned data was published, as in sweep.csv
+            np.nan
+            if triggered_valid is None
+            else accuracy(predict_classes(pruned, triggered_valid[0], batch_size), triggered_valid[1])
+        )
         rows.append(row)
         if base - correct > allowed:
             break
@@ -136,8 +121,5 @@ def evaluate_plans(
     with no_retracing_advice():  # one trace per batch shape and model still adds up to TensorFlow's warning
         for row, plan in plans.items():
             work.set_weights(original)
-            for name, channels in plan.items():
-                if len(channels):
-                    zero_channels(work.get_layer(name), np.asarray(channels, dtype=np.int64))
-            evaluated.append(evaluate(work, row, sum(len(c) for c in plan.values()), test, batch_size))
+            evaluated.append(evaluate(work, row, zero_plan(work, plan), test, batch_size))
     return evaluated

@@ -6,7 +6,7 @@ matching channel of the max-pooling layer after it; ``lib.sweep.engine`` relies 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import keras
 import numpy as np
@@ -57,4 +57,22 @@ def prune_channels(model: keras.Model, conv_layer: str, channels: Iterable[int])
     if channels.size and (channels.min() < 0 or channels.max() >= n_filters):
         raise ValueError(f"channels must lie in [0, {n_filters}) for layer {conv_layer!r}, got {channels.tolist()}")
     zero_channels(conv, channels)
+    return pruned
+
+
+def zero_plan(model: keras.Model, plan: Mapping[str, np.ndarray]) -> int:
+    """Zero, in place, the channels of each conv layer of ``plan`` (layer name -> channels); how many it names.
+
+    Channels already zero stay zero, so applying a larger plan of the same nested family prunes further.
+    """
+    for name, channels in plan.items():
+        if len(channels):
+            zero_channels(model.get_layer(name), np.asarray(channels, dtype=np.int64))
+    return sum(len(c) for c in plan.values())
+
+
+def prune_plan(model: keras.Model, plan: Mapping[str, np.ndarray]) -> keras.Model:
+    """A copy of ``model`` with the channels of ``plan`` (layer name -> channels) zeroed; the original untouched."""
+    pruned = copy_model(model)
+    zero_plan(pruned, plan)
     return pruned
