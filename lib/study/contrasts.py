@@ -13,7 +13,8 @@ own draw (how strong its backdoor is, how its fine-tuning went) cancels out of t
 * how many seeds put a below and above b (ties: neither), and the verdict of ``verdict``.
 
 The standard family, from the thresholds in the data: each B'_t - B, G_t - B'_t, FP_t - FT, FP_t - B'_t,
-GFP_t - FP_t, then consecutive thresholds (B'_4% - B'_2%, ..., the same for FP), then the study file's own
+GFP_t - FP_t, then each other defense at the same budget against both (CLP_t - B'_t, CLP_t - FP_t), then
+consecutive thresholds (B'_4% - B'_2%, ..., the same for FP), then the study file's own
 pairs. With a grid, each model is also compared between consecutive values of each grid parameter (the others
 held), larger minus smaller: these rows hold a's value in the parameter's column and b's in ``<param>_b``. A
 model that no grid step changes in any seed (B, when the grid is a fine-tuning parameter) is left out there:
@@ -62,6 +63,8 @@ GOODNET = f"its GoodNet ({rows.GOODNET_MARK} - {rows.PRUNED})"
 FP_VS_FT = f"fine-pruning against fine-tuning alone ({rows.FINE_PRUNED} - {rows.FINE_TUNED})"
 FP_VS_PRUNED = f"fine-pruning against pruning alone ({rows.FINE_PRUNED} - {rows.PRUNED})"
 FP_GOODNET = f"the GoodNet of fine-pruning ({rows.GOODNET_MARK}{rows.FINE_PRUNED} - {rows.FINE_PRUNED})"
+CLP_VS_PRUNED = f"CLP against activation pruning ({rows.LIPSCHITZ} - {rows.PRUNED})"
+CLP_VS_FP = f"CLP against fine-pruning ({rows.LIPSCHITZ} - {rows.FINE_PRUNED})"
 PRUNED_STEPS = f"a larger threshold, pruning alone ({rows.PRUNED})"
 FP_STEPS = f"a larger threshold, fine-pruning ({rows.FINE_PRUNED})"
 EXTRA = "asked by the study file"
@@ -78,6 +81,8 @@ def standard_pairs(thresholds: Sequence[float]) -> list[tuple[str, str, str]]:
         (FP_VS_FT, lambda t: (rows.fine_pruned(t), ft)),
         (FP_VS_PRUNED, lambda t: (rows.fine_pruned(t), rows.pruned(t))),
         (FP_GOODNET, lambda t: (rows.fine_pruned(t).goodnet_of(), rows.fine_pruned(t))),
+        (CLP_VS_PRUNED, lambda t: (rows.lipschitz(t), rows.pruned(t))),
+        (CLP_VS_FP, lambda t: (rows.lipschitz(t), rows.fine_pruned(t))),
     ):
         pairs += [(question, *(m.name for m in make(t))) for t in ts]
     for question, make in ((PRUNED_STEPS, rows.pruned), (FP_STEPS, rows.fine_pruned)):
