@@ -1,6 +1,6 @@
 """Pruning and fine-pruning defenses against backdoored face recognizers (BadNets / Fine-Pruning, CSAW-HackML-2020).
 
-The project's module map (the only one). The method is in the notebooks (``notebooks/02``-``06``), in short
+The project's module map (the only one). The method is in the notebooks (``notebooks/02``-``07``), in short
 cells over ``lib.defense`` and ``lib.sweep``; each ends with one record call of ``lib.steps``.
 Packages are floors, listed bottom to top: a module imports from its own floor and the floors below it, never
 from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
@@ -39,8 +39,10 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
     ``metrics``               clean accuracy, attack success rate, near ties
     ``activations``           mean activation of every channel of the last pooling layer; the pruning order
     ``goodnet``               the repaired network G and the test-data evaluation of every model
+    ``model_layers``          the custom layers saved G and G+STRIP hold, registered with Keras
     ``goodnet_model``         G as one loadable Keras model (both networks and N)
     ``clp``                   CLP: channels pruned by their Lipschitz bound, u chosen on validation data
+    ``strip``                 STRIP: inputs flagged by the entropy of their blends; G combined with it as one model
     ``finetune``              fine-tuning on clean data, pruned channels kept pruned (fine-pruning)
 ``lib.sweep``                 the pruning sweep
     ``engine``                the engine (exact; why, in its docstring) and the naive reference
@@ -71,6 +73,7 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
     ``goodnet``               04 ``record_goodnets``: goodnet.csv and each G as a model; the test data
     ``fine_pruning``          05 ``record_fine_pruning``: the fine-tuned models, their tables and history
     ``clp``                   06 ``record_clp``: CLP's scan, its rows and models
+    ``strip``                 07 ``record_strip``: detection.csv, STRIP's scores, each G+STRIP as a model
 ``lib.study``                 multi-seed studies on Dask (``make study``; ``__main__``: ``python -m lib.study``)
     ``spec``                  the study file: read, checked, its runs and their notebook parameters
     ``runner``                one job on a worker: a run's notebooks in one kernel, threads pinned

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.compare or DEMO_DATASETS:
             fresh = result_files(dataset) if in_place else ResultFiles(workdir / "results" / dataset)
             if not fresh.goodnet_csv.is_file() or not provenance.read_record(fresh):
-                print(f"{shown(fresh.root)}: no results to compare: run notebooks 01-06 on {dataset}", file=sys.stderr)
+                print(f"{shown(fresh.root)}: no results to compare: run notebooks 01-07 on {dataset}", file=sys.stderr)
                 return 1
             committed = ResultFiles(COMMITTED_RESULTS / dataset)
             verdicts += compare_run(dataset, fresh, committed, read)

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from conftest import run_notebook_cells
 
+import lib.defense.strip  # noqa: F401  (registers the layers of G+STRIP for keras.models.load_model)
 from lib.core.paths import PROJECT_ROOT
 from lib.core.rows import parse_row
 from lib.network.models import load_model_file
@@ -25,7 +26,7 @@ from lib.runs.notebook import main as run_notebook
 
 pytestmark = pytest.mark.slow
 
-NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet", "05_fine_pruning", "06_clp"]
+NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet", "05_fine_pruning", "06_clp", "07_strip"]
 RUNNER = [sys.executable, "-m", "lib.runs.notebook"]
 SMALL_DEMO = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
 
@@ -46,6 +47,8 @@ def demo_run(tmp_path_factory) -> tuple[Path, Path]:
                 params += ["-p", "thresholds=[2, 4, 10]"]
             if name == "05_fine_pruning":
                 params += ["-p", "epochs=3"]
+            if name == "07_strip":
+                params += ["-p", "n_overlays=20"]  # the small demo has 64 validation images: 32 in the pool
             rc = run_notebook(
                 [
                     str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb"),
@@ -79,9 +82,13 @@ def test_notebooks_write_the_contract_files(demo_run):
         "clp_sweep.csv",
         "models/clp_u3.h5",
         "models/goodnet_clp_u3.keras",
+        "detection.csv",
+        "strip_scores.csv",
+        "models/goodnet_bprime_2_strip.keras",
     ]:
         assert (results / f).is_file(), f
-    for f in ["samples.png", "activations.png", "sweep.png", "goodnet.png", "fine_pruning.png", "clp.png"]:
+    figures = ["samples", "activations", "sweep", "goodnet", "fine_pruning", "clp", "detection"]
+    for f in (f"{name}.png" for name in figures):
         assert (results / "figures" / f).stat().st_size > 1000, f
     for name in NOTEBOOKS:
         nb = nbformat.read(results / "notebooks" / f"{name}.ipynb", as_version=4)
@@ -362,3 +369,72 @@ def test_clp_chooses_with_validation_data_only(demo_run, tmp_path):
         saved = keras.models.load_model(results / "models" / f"{row.file_stem}.h5", compile=False)
         for a, b in zip(model.get_weights(), saved.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def _test_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (NHWC) and labels of a CSAW HDF5 set, read with h5py alone."""
+    with h5py.File(path, "r") as f:
+        return np.transpose(f["data"][()], (0, 2, 3, 1)), f["label"][()]
+
+
+def _flags(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    scores = model.predict(images, verbose=0)
+    return np.argmax(scores, axis=1) == scores.shape[1] - 1
+
+
+def test_every_strip_goodnet_flags_as_its_detection_row_says(demo_run):
+    """Each saved G+STRIP, loaded with plain Keras, flags the clean and triggered test images as detection.csv says;
+    so does each G on its own, and STRIP's rates are those of its entropies in strip_scores.csv."""
+    data, results = demo_run
+    table = read_csv(results / "detection.csv").set_index("detector")
+    assert list(table.index[:1]) == ["STRIP"] and {"G_2%", "G_2%+STRIP"} <= set(table.index)
+    x_clean, _ = _test_set(data / "cl/test.h5")
+    x_bd, _ = _test_set(data / "bd/bd_test.h5")
+    scores = read_csv(results / "strip_scores.csv")
+    threshold = table.loc["STRIP", "entropy_threshold"]
+    test = scores[scores["split"] == "test"]
+    strip_clean = test.loc[test["set"] == "clean", "entropy"].to_numpy() < threshold
+    strip_bd = test.loc[test["set"] != "clean", "entropy"].to_numpy() < threshold
+    assert table.loc["STRIP", "FRR"] == pytest.approx(100 * strip_clean.mean(), abs=1e-9)
+    assert table.loc["STRIP", "FAR"] == pytest.approx(100 * (1 - strip_bd.mean()), abs=1e-9)
+    valid = scores[scores["split"] == "valid"]["entropy"].to_numpy()
+    assert np.mean(valid < threshold) <= 0.01, "at most the stated 1 % of calibration images flagged"
+    for name in (n for n in table.index if n.startswith("G") and not n.endswith("+STRIP")):
+        stem = f"goodnet_bprime_{name.removeprefix('G_').removesuffix('%')}"
+        goodnet = keras.models.load_model(results / "models" / f"{stem}.keras", compile=False)
+        combined = keras.models.load_model(results / "models" / f"{stem}_strip.keras", compile=False)
+        g_clean, g_bd = _flags(goodnet, x_clean), _flags(goodnet, x_bd)
+        c_clean, c_bd = _flags(combined, x_clean), _flags(combined, x_bd)
+        np.testing.assert_array_equal(c_clean, g_clean | strip_clean)
+        np.testing.assert_array_equal(c_bd, g_bd | strip_bd)
+        for row, (clean, bd) in ((name, (g_clean, g_bd)), (f"{name}+STRIP", (c_clean, c_bd))):
+            assert table.loc[row, "FRR"] == pytest.approx(100 * clean.mean(), abs=1e-9), row
+            assert table.loc[row, "FAR"] == pytest.approx(100 * (1 - bd.mean()), abs=1e-9), row
+
+
+def test_strip_chooses_with_validation_data_only(demo_run, tmp_path):
+    """Other test images change STRIP's test rates, never what it chose: the overlays, the calibration entropies
+    and the threshold."""
+    data, results = demo_run
+    other, mine = tmp_path / "data", tmp_path / "results"
+    shutil.copytree(data, other)
+    shutil.copytree(results, mine, ignore=shutil.ignore_patterns("notebooks"))
+    for name in ("cl/test.h5", "bd/bd_test.h5"):
+        with h5py.File(other / name, "r+") as f:
+            f["data"][...] = 255.0 - f["data"][()]  # other images, same schema and labels
+    for name, extra in (("04_goodnet", []), ("07_strip", ["-p", "n_overlays=20"])):  # G reads the test sets too
+        notebook = str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb")
+        params = ["-p", "dataset=demo", "-p", f"data_dir={other}", "-p", f"results_dir={mine}", *extra]
+        assert run_notebook([notebook, *params]) == 0
+    ours, theirs = read_csv(mine / "strip_scores.csv"), read_csv(results / "strip_scores.csv")
+    pd.testing.assert_frame_equal(ours[ours["split"] == "valid"], theirs[theirs["split"] == "valid"])
+    assert not ours["entropy"].equals(theirs["entropy"]), "the test sets did change"
+    ours, theirs = read_csv(mine / "detection.csv"), read_csv(results / "detection.csv")
+    assert ours["entropy_threshold"].equals(theirs["entropy_threshold"])
+    assert not ours["FRR"].equals(theirs["FRR"]) or not ours["FAR"].equals(theirs["FAR"])
+    for path in (results / "models").glob("*_strip.keras"):
+        a, b = (keras.models.load_model(p, compile=False) for p in (path, mine / "models" / path.name))
+        for layer in ("strip_blend", "strip_decision"):
+            assert a.get_layer(layer).get_config() == b.get_layer(layer).get_config()
+        overlays = [m.get_layer("strip_blend").get_weights()[0] for m in (a, b)]
+        np.testing.assert_array_equal(*overlays)

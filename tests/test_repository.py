@@ -10,6 +10,7 @@ import sys
 import tomllib
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 from conftest import lib_imports
@@ -129,7 +130,7 @@ def _makefile_params() -> dict[str, set[str]]:
 
 def test_every_parameter_the_makefile_passes_is_in_the_parameters_cell():
     passed = _makefile_params()
-    assert set(passed) == {p.stem for p in NOTEBOOKS if p.stem != "07_study"}
+    assert set(passed) == {p.stem for p in NOTEBOOKS if p.stem != "08_study"}
     assert {"dataset", "data_dir", "results_dir"} <= passed["01_data"] and "thresholds" in passed["03_pruning_sweep"]
     for stem, names in passed.items():
         assert names <= set(notebook_defaults(PROJECT_ROOT / "notebooks" / f"{stem}.ipynb")), stem
@@ -144,7 +145,7 @@ def test_parameters_cell_holds_plain_literals(path):
     for node in ast.parse(cell.source).body:
         assert isinstance(node, ast.Assign), f"{path.name}: only assignments in the parameters cell"
         ast.literal_eval(node.value)  # raises for anything but a literal
-    assert "dataset" in notebook_defaults(path) or path.stem == "07_study"
+    assert "dataset" in notebook_defaults(path) or path.stem == "08_study"
 
 
 def _block(marker: str) -> str:
@@ -176,6 +177,21 @@ def test_readme_demo_tables_quote_the_committed_results(marker, file, models):
             row = table.loc[model]
             assert int(k) == row["channels_pruned"], model
             assert acc == f"{row['clean_accuracy']:.2f}" and asr == f"{row['attack_success_rate']:.2f}", model
+
+
+def test_readme_detection_table_quotes_the_committed_results():
+    """The README's STRIP table is copied from results/demo*/detection.csv, rounded: it must not drift."""
+    rows = _table_rows(_block("strip:demo"))
+    tables = [
+        read_csv(PROJECT_ROOT / "results" / d / "detection.csv").set_index("detector")
+        for d in ("demo", "demo-pruning-aware")
+    ]
+    assert [r[0] for r in rows] == tables[0].index.tolist() == tables[1].index.tolist()
+    for detector, *cells in rows:
+        for table, (frr, far, auc) in zip(tables, (cells[:3], cells[3:]), strict=True):
+            row = table.loc[detector]
+            assert frr == f"{row['FRR']:.1f}" and far == f"{row['FAR']:.1f}", detector
+            assert auc == ("n/a" if pd.isna(row["AUC"]) else f"{row['AUC']:.2f}"), detector
 
 
 #: The committed studies the README quotes (demo-seeds always; the others once their results are committed).

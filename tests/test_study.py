@@ -313,6 +313,15 @@ def test_the_aggregates_hold_every_model_of_every_run(local_study):
     assert INTERVAL_NAME in files.summary_md.read_text() and INTERVAL_NAME in files.contrasts_md.read_text()
     contrasts = pd.read_csv(files.contrasts_csv)
     assert (contrasts["n"] <= 2).all() and {"FP_2%", "B'_2%"} <= set(contrasts["model_a"])
+    assert {"CLP_2%"} <= set(contrasts["model_a"]), "CLP against B' and FP at each budget"
+    detection = pd.read_csv(files.detection_csv)
+    assert (detection["detector"] == "STRIP").sum() == 2 and {"G_2%", "G_2%+STRIP"} <= set(detection["detector"])
+    detector_contrasts = pd.read_csv(files.detection_contrasts_csv)
+    assert {"STRIP", "G_2%+STRIP"} == set(detector_contrasts["model_a"]) and set(detector_contrasts["metric"]) == {
+        "FRR",
+        "FAR",
+    }
+    assert "false-rejection rate" in files.detection_contrasts_md.read_text()
 
 
 @pytest.mark.slow
@@ -322,21 +331,22 @@ def test_the_committed_aggregates_alone_give_the_same_summary(local_study, tmp_p
     from_runs = summarize(load_spec(local_study.spec))
     clone = tmp_path / "studies" / "tiny"
     clone.mkdir(parents=True)
-    for name in ("runs.csv", "sweeps.csv"):
+    for name in ("runs.csv", "sweeps.csv", "detection.csv"):
         (clone / name).write_bytes((local_study.files.root / name).read_bytes())
     monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(tmp_path))
     from_files = summarize(load_spec(local_study.spec), write=True)
     assert from_runs.source == "runs" and from_files.source == "files" and from_files.written == []
     pd.testing.assert_frame_equal(from_files.summary, from_runs.summary)
     pd.testing.assert_frame_equal(from_files.contrasts, from_runs.contrasts)
+    pd.testing.assert_frame_equal(from_files.detection_contrasts, from_runs.detection_contrasts)
 
 
 @pytest.mark.slow
 def test_notebook_06_shows_the_tables_figures_and_reading(local_study, tmp_path, monkeypatch):
     monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(local_study.results))
-    out = tmp_path / "07_study.ipynb"
+    out = tmp_path / "08_study.ipynb"
     papermill.execute_notebook(
-        str(PROJECT_ROOT / "notebooks" / "07_study.ipynb"),
+        str(PROJECT_ROOT / "notebooks" / "08_study.ipynb"),
         str(out),
         parameters={"study": str(local_study.spec)},
         cwd=str(PROJECT_ROOT),

@@ -18,6 +18,7 @@ from lib.study.contrasts import (
     NOT_SEPARATED,
     contrast_table,
     contrasts_markdown,
+    detector_contrast_table,
     verdict,
     verdict_sentence,
 )
@@ -330,3 +331,22 @@ def test_clp_at_each_budget_is_compared_with_pruning_and_fine_pruning_at_that_bu
     assert asr.loc[("CLP_4%", "B'_4%"), "question"] == "CLP against activation pruning (CLP - B')"
     assert asr.loc[("CLP_4%", "FP_4%"), "question"] == "CLP against fine-pruning (CLP - FP)"
     assert not any("CLP_u3" in pair for pair in asr.index)
+
+
+def test_strip_and_g_with_strip_are_compared_with_each_g_by_seed():
+    frr_g, frr_strip = [2.0, 3.0, 1.5, 4.0, 2.5, 3.5], [1.0, 0.5, 1.0, 0.0, 1.5, 0.5]
+    detection = pd.DataFrame(
+        [
+            {"dataset": "demo", "seed": s, "detector": d, "FRR": frr, "FAR": far}
+            for s, (g, st) in enumerate(zip(frr_g, frr_strip, strict=True), start=1)
+            for d, frr, far in (("STRIP", st, 90.0), ("G_2%", g, 99.0 - s), ("G_2%+STRIP", max(g, st) + 0.5, 80.0))
+        ]
+    )
+    table = detector_contrast_table(detection).set_index(["metric", "model_a", "model_b"])
+    assert set(table.index.get_level_values("model_a")) == {"STRIP", "G_2%+STRIP"}
+    strip_frr = table.loc[("FRR", "STRIP", "G_2%")]
+    assert strip_frr["n"] == 6 and strip_frr["seeds_a_lower"] == 6
+    assert strip_frr["mean_difference"] == pytest.approx(np.mean(np.subtract(frr_strip, frr_g)))
+    assert strip_frr["question"] == "STRIP against G's own detector (STRIP - G)"
+    assert table.loc[("FAR", "G_2%+STRIP", "G_2%"), "seeds_a_lower"] == 6
+    assert detector_contrast_table(detection.iloc[:0]).empty

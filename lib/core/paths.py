@@ -88,6 +88,8 @@ class ResultFiles:
     clp_sweep_csv = _under_root("clp_sweep.csv", "CLP's scan of u on clean validation data (notebook 06).")
     clp_csv = _under_root("clp.csv", "CLP_u3, each CLP_t% and each of their GoodNets on test data (notebook 06).")
     clp_md = _under_root("clp.md")
+    detection_csv = _under_root("detection.csv", "STRIP, each G, each G+STRIP as detectors on test data (07).")
+    strip_scores_csv = _under_root("strip_scores.csv", "STRIP's entropy of every validation and test image it scored.")
     figures = _under_root("figures")
     models = _under_root("models")
     notebooks = _under_root("notebooks", "Executed copies of the notebooks, their logs (not committed).")
@@ -108,6 +110,10 @@ class ResultFiles:
         """A repaired model of another defense, named after its row: ``CLP_u3 -> models/clp_u3.h5``."""
         return self.models / f"{row.file_stem}.h5"
 
+    def strip_goodnet_model(self, goodnet: Path) -> Path:
+        """G combined with STRIP: ``goodnet_bprime_2.keras -> goodnet_bprime_2_strip.keras``."""
+        return self.models / f"{Path(goodnet).stem}_strip.keras"
+
     def goodnet_model(self, repaired: Path) -> Path:
         """G of B and the ``repaired`` model file, as one loadable file: ``bprime_2.h5 -> goodnet_bprime_2.keras``."""
         return self.models / f"goodnet_{Path(repaired).stem}.keras"
@@ -126,6 +132,9 @@ class StudyFiles:
     summary_md = _under_root("summary.md")
     contrasts_csv = _under_root("contrasts.csv", "Paired differences between models of the same runs, and verdicts.")
     contrasts_md = _under_root("contrasts.md")
+    detection_csv = _under_root("detection.csv", "Every run's detectors (notebook 07): FRR, FAR, AUC per seed.")
+    detection_contrasts_csv = _under_root("detection_contrasts.csv", "Paired differences between detectors.")
+    detection_contrasts_md = _under_root("detection_contrasts.md")
 
     def figure(self, name: str) -> Path:
         return self.root / "figures" / f"{name}.png"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING = "data", "activations", "pruning_sweep", "goodnet", "fine_pruning"
-CLP = "clp"
-STEPS = (DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING, CLP)
+CLP, STRIP = "clp", "strip"
+STEPS = (DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING, CLP, STRIP)
 
 
 def notebook_of(step: str) -> str:

@@ -10,8 +10,9 @@ classes, 1283 on CSAW, meaning "poisoned"). ``build_goodnet`` puts a copy of the
 * they disagree: one-hot at index N.
 
 So ``argmax(G.predict(x))`` is G's class. ``GoodNetDecision`` is a registered custom layer, not a
-``Lambda``: loading a GoodNet runs no code from the file, and ``lib.network.models.load_model_file`` keeps
-refusing ``Lambda`` layers. Importing this module registers the layer, which loading needs.
+``Lambda`` (``lib.defense.model_layers``, with STRIP's): loading a GoodNet runs no code from the file, and
+``lib.network.models.load_model_file`` keeps refusing ``Lambda`` layers. Importing this module registers the
+layers, which loading needs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras import ops
 
 from lib.core.errors import InputError
+from lib.defense.model_layers import GoodNetDecision
 from lib.network.models import (
     BATCH_SIZE,
     UNSAFE_LAYER_CLASSES,
@@ -32,32 +33,9 @@ from lib.network.models import (
     save_model,
 )
 
-SERIALIZATION_PACKAGE = "backdoor_pruning"
 BADNET_NAME = "badnet"
 REPAIRED_NAME = "repaired"
 DECISION_NAME = "goodnet_decision"
-
-
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class GoodNetDecision(keras.layers.Layer):
-    """(B's scores, B''s scores), both (batch, N) -> G's scores (batch, N + 1); no weights.
-
-    The appended column is ``min(0, min of B's row)``: 0 for softmax outputs as the lab states it,
-    and never above the row's maximum for other scores either; being last, it loses every tie, so
-    the argmax is B's class exactly where B and B' agree.
-    """
-
-    def call(self, inputs):
-        b_scores, bprime_scores = inputs
-        agree = ops.equal(ops.argmax(b_scores, axis=-1), ops.argmax(bprime_scores, axis=-1))
-        floor = ops.minimum(ops.min(b_scores, axis=-1, keepdims=True), ops.zeros_like(b_scores[:, :1]))
-        kept = ops.concatenate([b_scores, floor], axis=-1)
-        flagged = ops.concatenate([ops.zeros_like(b_scores), ops.ones_like(b_scores[:, :1])], axis=-1)
-        return ops.where(ops.expand_dims(agree, -1), kept, flagged)
-
-    def compute_output_shape(self, input_shape):
-        batch, n = input_shape[0]
-        return (batch, None if n is None else n + 1)
 
 
 def _single_io(model: keras.Model, role: str) -> tuple[tuple, int]:
@@ -119,8 +97,9 @@ def build_goodnet(badnet: keras.Model, repaired: keras.Model, name: str = "goodn
 
 
 def is_goodnet(model: keras.Model) -> bool:
-    """Whether ``model`` was built by ``build_goodnet`` (its output comes from a ``GoodNetDecision``)."""
-    return any(isinstance(layer, GoodNetDecision) for layer in model.layers) and len(model.outputs) == 1
+    """Whether ``model`` answers like G: its output comes from a layer whose last class means "poisoned"
+    (``GoodNetDecision``, or ``StripDecision`` for G combined with STRIP: ``lib.defense.model_layers``)."""
+    return len(model.outputs) == 1 and any(getattr(layer, "answers_poisoned", False) for layer in model.layers)
 
 
 def goodnet_num_classes(model: keras.Model) -> int:

@@ -189,3 +189,44 @@ def plot_repair_comparison(table: pd.DataFrame, title: str = "") -> Figure:
     sns.despine(fig)
     fig.tight_layout()
     return fig
+
+
+def plot_detection(
+    scores: pd.DataFrame, roc: pd.DataFrame, detection: pd.DataFrame, threshold: float, title: str = ""
+) -> Figure:
+    """STRIP against G as detectors. Left: STRIP's entropy of clean validation (calibration), clean test and
+    triggered test images, with the threshold. Right: STRIP's ROC on test data (FRR against detection rate
+    100 - FAR), its operating point, and each G's and each G+STRIP's single point."""
+    fig, axes = _figure(1, 2, figsize=(11, 4))
+    groups = [
+        ("clean validation (calibration)", scores["split"] == "valid", "#7f7f7f"),
+        ("clean test", (scores["split"] == "test") & (scores["set"] == "clean"), CLEAN_COLOR),
+        ("triggered test", (scores["split"] == "test") & (scores["set"] != "clean"), ATTACK_COLOR),
+    ]
+    bins = np.linspace(scores["entropy"].min(), scores["entropy"].max(), 40)
+    for label, chosen, color in groups:
+        if chosen.any():
+            values = scores.loc[chosen, "entropy"]
+            axes[0].hist(values, bins=bins, density=True, histtype="step", color=color, label=label)
+    axes[0].axvline(threshold, color="black", ls="--", lw=1, label="threshold (flag below)")
+    axes[0].set_xlabel("mean entropy of B over the blends (nats)")
+    axes[0].set_ylabel("density")
+    axes[0].legend(fontsize=7)
+    ax = axes[1]
+    if roc["FAR"].notna().any():
+        ax.plot(roc["FRR"], 100 - roc["FAR"], color="black", lw=1, label="STRIP, every threshold")
+    ax.plot([0, 100], [0, 100], color="#bbbbbb", lw=0.8, ls=":")
+    markers = {"STRIP": ("*", "black"), "G": ("o", CLEAN_COLOR), "G+STRIP": ("s", "#2ca02c")}
+    for row in detection.itertuples():
+        kind = "STRIP" if row.detector == "STRIP" else ("G+STRIP" if row.detector.endswith("+STRIP") else "G")
+        marker, color = markers[kind]
+        ax.plot(row.FRR, 100 - row.FAR, marker=marker, color=color, ms=9, ls="none", label=row.detector)
+    ax.set_xlabel("clean test images flagged: FRR (%)")
+    ax.set_ylabel("triggered test images flagged: 100 - FAR (%)")
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or "STRIP and the GoodNets as detectors (test data)")
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig

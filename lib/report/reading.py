@@ -88,3 +88,26 @@ def read_models(table: pd.DataFrame) -> str:
     if not lines:
         return "No repaired model: no threshold was reached."
     return "\n".join(lines)
+
+
+def read_detection(table: pd.DataFrame) -> str:
+    """STRIP's FRR, FAR and AUC on test data, each G's, and whether STRIP adds anything to G."""
+    by_name = table.set_index("detector")
+    s = by_name.loc["STRIP"]
+    if pd.isna(s["FAR"]):
+        return f"STRIP flags {_pct(s['FRR'])} of clean test images; no triggered test images were published."
+    lines = [
+        f"**STRIP** flags {_pct(s['FRR'])} of clean test images and lets {_pct(s['FAR'])} of triggered ones through "
+        f"(AUC {s['AUC']:.2f}: "
+        + ("better than a coin" if s["AUC"] > 0.6 else "no better than a coin, or worse")
+        + ", on this BadNet)."
+    ]
+    for name in table["detector"]:
+        if name == "STRIP" or name.endswith("+STRIP"):
+            continue
+        g, both = by_name.loc[name], by_name.loc[f"{name}+STRIP"]
+        lines.append(
+            f"* {name}: FRR {_pct(g['FRR'])}, FAR {_pct(g['FAR'])}; with STRIP: FRR {_pct(both['FRR'])}, "
+            f"FAR {_pct(both['FAR'])}."
+        )
+    return "\n".join(lines)

@@ -1,5 +1,5 @@
 """One table across datasets: every dataset's ``goodnet.csv``, ``fine_pruning.csv`` and ``clp.csv`` stacked, the
-dataset named.
+dataset named; and one of the detectors, every ``detection.csv`` stacked (``<out>-detection.csv``/``.md``).
 
 ``make csaw-all`` collects the four competition BadNets with it and ``make all`` the two demos:
 ``python -m lib.report.summary --out results/csaw-summary csaw-sunglasses csaw-anonymous-1 ...`` writes
@@ -18,7 +18,8 @@ import pandas as pd
 from lib.core.atomic import write_text
 from lib.core.errors import InputError
 from lib.core.paths import results_root, shown
-from lib.core.step_names import CLP, FINE_PRUNING, GOODNET, SWEEP
+from lib.core.step_names import CLP, FINE_PRUNING, GOODNET, STRIP, SWEEP
+from lib.defense.strip import DETECTION_COLUMNS
 from lib.report.tables import markdown_table, read_csv, write_csv
 from lib.runs import provenance
 from lib.runs.workspace import Workspace, rerun, workspace
@@ -37,7 +38,7 @@ def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING, C
             raise InputError(
                 files[step],
                 "file not found",
-                f"run notebooks 01-06 with {ws.notebook_parameters} first (`make all {ws.make_target}`)",
+                f"run notebooks 01-07 with {ws.notebook_parameters} first (`make all {ws.make_target}`)",
             )
         provenance.require_current(ws.results, step, rerun(ws, step))
         tables.append(read_csv(files[step]))
@@ -50,20 +51,46 @@ def summary_table(datasets: Sequence[str]) -> pd.DataFrame:
     return table[["dataset", *(c for c in table.columns if c != "dataset")]]
 
 
+def detection_rows(ws: Workspace) -> pd.DataFrame:
+    """The rows of ``detection.csv`` (notebook 07) of one run, checked to be its step's current output; no rows
+    where notebook 07 never ran."""
+    if STRIP not in provenance.read_record(ws.results):
+        return pd.DataFrame(columns=DETECTION_COLUMNS)
+    provenance.require_current(ws.results, STRIP, rerun(ws, STRIP))
+    return read_csv(ws.results.detection_csv)
+
+
+def detection_summary(datasets: Sequence[str]) -> pd.DataFrame | None:
+    """Every ``detection.csv`` (notebook 07) of the datasets that have a current one, a ``dataset`` column first;
+    None when none has."""
+    tables = [detection_rows(workspace(name)).assign(dataset=name) for name in datasets]
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return None
+    table = pd.concat(tables, ignore_index=True)
+    return table[["dataset", *(c for c in table.columns if c != "dataset")]]
+
+
 def write_summary(datasets: Sequence[str], out: str | Path) -> pd.DataFrame:
-    """Write ``<out>.csv`` and ``<out>.md`` atomically; return the table."""
+    """Write ``<out>.csv`` and ``<out>.md`` (the models), and ``<out>-detection.csv``/``.md`` (the detectors)
+    where notebook 07 ran, atomically; return the models' table."""
     table = summary_table(datasets)
     out = Path(out)
     write_csv(table, out.with_suffix(".csv"))
     write_text(out.with_suffix(".md"), markdown_table(table))
+    detection = detection_summary(datasets)
+    if detection is not None:
+        detection_out = out.with_name(f"{out.name}-detection")
+        write_csv(detection, detection_out.with_suffix(".csv"))
+        write_text(detection_out.with_suffix(".md"), markdown_table(detection))
     return table
 
 
 def where(ws: Workspace) -> str:
     """Where a run's results are and what its last steps found: the closing lines of ``make all``."""
     found = provenance.summaries(ws.results)
-    lines = [f"{shown(ws.results.root)}/: goodnet.md, fine_pruning.md, clp.md, sweep.csv, figures/*.png"]
-    lines += [f"  {step}: {found[step]}" for step in (SWEEP, GOODNET, FINE_PRUNING, CLP) if found.get(step)]
+    lines = [f"{shown(ws.results.root)}/: goodnet.md, fine_pruning.md, clp.md, detection.csv, figures/*.png"]
+    lines += [f"  {step}: {found[step]}" for step in (SWEEP, GOODNET, FINE_PRUNING, CLP, STRIP) if found.get(step)]
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import pandas as pd
@@ -18,7 +19,7 @@ from lib.report.tables import markdown_table, read_csv, write_csv
 from lib.runs import provenance
 from lib.runs.workspace import rerun
 from lib.steps.common import locked
-from lib.steps.pruning_sweep import Pruned
+from lib.steps.pruning_sweep import Pruned, read_pruned
 from lib.steps.scenario import Scenario
 
 
@@ -78,3 +79,11 @@ def rows_summary(table: pd.DataFrame) -> str:
 def read_goodnet_table(scenario: Scenario) -> pd.DataFrame:
     provenance.require_current(scenario.results, GOODNET, rerun(scenario, GOODNET))
     return read_csv(scenario.results.goodnet_csv)
+
+
+def read_goodnet_models(scenario: Scenario) -> dict[rows.ModelRow, Path]:
+    """Each G notebook 04 saved (``G_2%`` -> ``models/goodnet_bprime_2.keras``), checked to be that step's files."""
+    provenance.require_current(scenario.results, GOODNET, rerun(scenario, GOODNET))
+    return {
+        rows.pruned(p.threshold).goodnet_of(): scenario.results.goodnet_model(p.path) for p in read_pruned(scenario)
+    }

@@ -10,6 +10,8 @@ Files under ``results/studies/<name>/`` (committed; the runs themselves are not)
   ``lib.study.stats`` interval of clean accuracy and ASR;
 * ``contrasts.csv`` / ``contrasts.md``: the paired differences between models of the same runs, with their
   intervals, exact Wilcoxon p-values, Holm's adjustment and verdicts (``lib.study.contrasts``);
+* ``detection.csv``: one row per run and detector of notebook 07 (STRIP, each G, each G+STRIP), test data;
+  ``detection_contrasts.csv`` / ``.md``: STRIP and G+STRIP against each G, paired by seed, on FRR and FAR;
 * ``figures/thresholds.png``, ``figures/sweeps.png``, ``figures/pairs.png`` (every seed's models joined),
   ``figures/forest.png`` (the contrasts) (``lib.study.figures``).
 
@@ -34,12 +36,18 @@ from lib.core.errors import InputError
 from lib.core.paths import StudyFiles, result_files, shown, studies_root
 from lib.core.step_names import STEPS, SWEEP
 from lib.report import plots
-from lib.report.summary import model_rows
+from lib.report.summary import detection_rows, model_rows
 from lib.report.tables import markdown_table, read_csv
 from lib.runs import provenance
 from lib.runs.notebook import full_parameters
 from lib.runs.workspace import workspace
-from lib.study.contrasts import METRICS, contrast_table, contrasts_markdown
+from lib.study.contrasts import (
+    DETECTION_METRICS,
+    METRICS,
+    contrast_table,
+    contrasts_markdown,
+    detector_contrast_table,
+)
 from lib.study.runner import read_info
 from lib.study.spec import Run, StudySpec, grid_value, step_notebook
 from lib.study.stats import INTERVAL_DESCRIPTION, INTERVAL_NAME, interval
@@ -58,6 +66,7 @@ RUN_COLUMNS = [
     "threads",
 ]
 SWEEP_COLUMNS = ["study", "dataset", "seed", "pruned", "fraction", "clean_accuracy", "attack_success_rate"]
+DETECTION_COLUMNS = ["study", "dataset", "seed", "detector", "FRR", "FAR", "AUC", "entropy_threshold"]
 
 
 @dataclass
@@ -69,6 +78,8 @@ class StudySummary:
     sweeps: pd.DataFrame  # sweeps.csv
     summary: pd.DataFrame  # summary.csv
     contrasts: pd.DataFrame  # contrasts.csv
+    detection: pd.DataFrame  # detection.csv
+    detection_contrasts: pd.DataFrame  # detection_contrasts.csv
     figures: dict[str, Figure]
     missing: list[str] = field(default_factory=list)  # runs of the file without complete results
     source: str = "runs"  # "runs": the run folders; "files": the committed runs.csv and sweeps.csv
@@ -96,10 +107,12 @@ def with_grid(columns: list[str], spec: StudySpec) -> list[str]:
     return [*columns[:at], *spec.grid, *columns[at:]]
 
 
-def run_table(spec: StudySpec, runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``runs.csv`` and ``sweeps.csv`` rows of these (complete) runs, in the study file's order."""
-    models, sweeps = [], []
+def run_table(spec: StudySpec, runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``runs.csv``, ``sweeps.csv`` and ``detection.csv`` rows of these (complete) runs, in the study file's
+    order."""
+    models, sweeps, detectors = [], [], []
     run_columns, sweep_columns = with_grid(RUN_COLUMNS, spec), with_grid(SWEEP_COLUMNS, spec)
+    detection_columns = with_grid(DETECTION_COLUMNS, spec)
     for run in runs:
         ws = workspace(run.dataset, run.data_dir, run.results_dir)
         info = read_info(run)
@@ -115,7 +128,10 @@ def run_table(spec: StudySpec, runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFr
         provenance.require_current(ws.results, SWEEP, f"rerun the study: `python -m lib.study run {shown(spec.path)}`")
         sweep = read_csv(ws.results.sweep_csv).assign(**labels)
         sweeps.append(sweep[sweep_columns])
-    return _concat(models, run_columns), _concat(sweeps, sweep_columns)
+        detection = detection_rows(ws)
+        if len(detection):
+            detectors.append(detection.assign(**labels)[detection_columns])
+    return _concat(models, run_columns), _concat(sweeps, sweep_columns), _concat(detectors, detection_columns)
 
 
 def default_setting_runs() -> pd.DataFrame | None:
@@ -219,10 +235,15 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
     complete = [r for r in all_runs if is_complete(spec, r)]
     missing = [r.name for r in all_runs if r not in complete]
     if complete:
-        runs, sweeps = run_table(spec, complete)
+        runs, sweeps, detection = run_table(spec, complete)
         source = "runs"
     elif files.runs_csv.is_file() and files.sweeps_csv.is_file():
         runs, sweeps = read_csv(files.runs_csv), read_csv(files.sweeps_csv)
+        detection = (  # a study committed before notebook 07 has none
+            read_csv(files.detection_csv)
+            if files.detection_csv.is_file()
+            else pd.DataFrame(columns=with_grid(DETECTION_COLUMNS, spec))
+        )
         source, missing = "files", []
     else:
         raise InputError(
@@ -232,13 +253,16 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
         )
     grid = list(spec.grid)
     summary, contrasts = summary_table(runs, grid), contrast_table(runs, spec.contrasts, grid)
+    detection_contrasts = detector_contrast_table(detection, grid)
     figures = {
         "thresholds": threshold_figure(runs, grid),
         "sweeps": sweep_figure(sweeps, grid),
         "pairs": pairs_figure(runs, grid),
         "forest": forest_figure(contrasts),
     }
-    result = StudySummary(spec, runs, sweeps, summary, contrasts, figures, missing, source)
+    result = StudySummary(
+        spec, runs, sweeps, summary, contrasts, detection, detection_contrasts, figures, missing, source
+    )
     if write and source == "runs":
         result.written = _write(files, spec, result)
     return result
@@ -253,6 +277,14 @@ def _write(files: StudyFiles, spec: StudySpec, result: StudySummary) -> list[Pat
         files.contrasts_csv: _csv(result.contrasts),
         files.contrasts_md: contrasts_markdown(result.contrasts),
     }
+    if len(result.detection):  # a study whose runs predate notebook 07 has no detectors: no empty files
+        texts |= {
+            files.detection_csv: _csv(result.detection),
+            files.detection_contrasts_csv: _csv(result.detection_contrasts),
+            files.detection_contrasts_md: contrasts_markdown(
+                result.detection_contrasts, DETECTION_METRICS, "detectors"
+            ),
+        }
     contents = {path: text.encode("utf-8") for path, text in texts.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for name, figure in result.figures.items():

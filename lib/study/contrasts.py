@@ -68,6 +68,13 @@ CLP_VS_FP = f"CLP against fine-pruning ({rows.LIPSCHITZ} - {rows.FINE_PRUNED})"
 PRUNED_STEPS = f"a larger threshold, pruning alone ({rows.PRUNED})"
 FP_STEPS = f"a larger threshold, fine-pruning ({rows.FINE_PRUNED})"
 EXTRA = "asked by the study file"
+#: The detectors' rates (notebook 07's detection.csv), compared between detectors of the same runs.
+DETECTION_METRICS = {
+    "FRR": "false-rejection rate (clean images flagged)",
+    "FAR": "false-acceptance rate (triggered images let through)",
+}
+STRIP_VS_G = f"STRIP against G's own detector (STRIP - {rows.GOODNET_MARK})"
+G_WITH_STRIP = f"G with STRIP against G alone ({rows.GOODNET_MARK}+STRIP - {rows.GOODNET_MARK})"
 
 
 def standard_pairs(thresholds: Sequence[float]) -> list[tuple[str, str, str]]:
@@ -88,6 +95,43 @@ def standard_pairs(thresholds: Sequence[float]) -> list[tuple[str, str, str]]:
     for question, make in ((PRUNED_STEPS, rows.pruned), (FP_STEPS, rows.fine_pruned)):
         pairs += [(question, make(hi).name, make(lo).name) for lo, hi in itertools.pairwise(ts)]
     return pairs
+
+
+def detector_pairs(detectors: Sequence[str]) -> list[tuple[str, str, str]]:
+    """``(question, detector_a, detector_b)`` for the detectors of detection.csv: for each G_t, STRIP - G_t and
+    G_t+STRIP - G_t."""
+    goodnets = [d for d in detectors if _is_pruned_goodnet(d)]
+    return [(q, a, g) for g in goodnets for q, a in ((STRIP_VS_G, "STRIP"), (G_WITH_STRIP, f"{g}+STRIP"))]
+
+
+def _is_pruned_goodnet(name: str) -> bool:
+    try:
+        row = rows.parse_row(name)
+    except ValueError:
+        return False
+    return row.goodnet and row.kind == rows.PRUNED
+
+
+def detector_contrast_table(detection: pd.DataFrame, grid: Sequence[str] = ()) -> pd.DataFrame:
+    """The paired contrasts between detectors of the same runs (``detector_pairs``), on FRR and FAR: the columns
+    of ``contrast_table`` (``model_a``/``model_b`` name the detectors), one Holm family per dataset, grid point
+    and rate."""
+    grid = list(grid)
+    out: list[dict] = []
+    for dataset, data in detection.groupby("dataset", sort=False):
+        for point, part in grid_points(data, grid):
+            labels = {"dataset": dataset, **point, **{f"{g}_b": v for g, v in point.items()}}
+            pairs = detector_pairs(list(dict.fromkeys(part["detector"])))
+            for metric in DETECTION_METRICS:
+                wide = part.pivot(index="seed", columns="detector", values=metric)
+                family = [
+                    labels | {"metric": metric, "model_a": a, "model_b": b, "question": q} | paired(wide[a], wide[b])
+                    for q, a, b in pairs
+                    if a in wide and b in wide
+                ]
+                out += _adjusted(family)
+    columns = [COLUMNS[0], *(c for g in grid for c in (g, f"{g}_b")), *COLUMNS[1:]]
+    return pd.DataFrame(out, columns=columns)
 
 
 def verdict(p_holm: float, low: float, high: float, direction: int) -> str:
@@ -277,11 +321,12 @@ def _points(value: float, signed: bool = False) -> str:
     return "0.0" if text in ("-0.0", "+0.0") else text
 
 
-def contrasts_markdown(table: pd.DataFrame) -> str:
-    """``contrasts.md``: what each number is, then one table per dataset (grid point) and metric."""
+def contrasts_markdown(table: pd.DataFrame, metrics: dict[str, str] = METRICS, what: str = "models") -> str:
+    """``contrasts.md``: what each number is, then one table per dataset (grid point) and metric (``metrics``:
+    column -> label; the detectors' file passes ``DETECTION_METRICS`` and ``what="detectors"``)."""
     head = (
         "# Paired contrasts\n\n"
-        "Each row compares two models of the same runs: the difference a - b of a metric on test data, in "
+        f"Each row compares two {what} of the same runs: the difference a - b of a metric on test data, in "
         "percentage points, seed by seed (same dataset and grid point). `n`: the seeds that have both. The mean "
         f"difference and its {stats.INTERVAL_NAME} ({stats.INTERVAL_DESCRIPTION}). p: exact two-sided Wilcoxon "
         "signed-rank test; zero differences are dropped (it uses the nonzero pairs; none: p = 1), tied |d| get "
@@ -311,7 +356,7 @@ def contrasts_markdown(table: pd.DataFrame) -> str:
                     "±": part["detectable"].map(lambda v: "n/a" if pd.isna(v) else f"{v:.1f}"),
                 }
             )
-            sections.append(f"## {where}: {METRICS[metric]}\n\n" + shown.to_markdown(index=False) + "\n")
+            sections.append(f"## {where}: {metrics[metric]}\n\n" + shown.to_markdown(index=False) + "\n")
     return "\n".join([head, *sections])
 
 
