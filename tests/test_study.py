@@ -317,10 +317,8 @@ def test_the_aggregates_hold_every_model_of_every_run(local_study):
     detection = pd.read_csv(files.detection_csv)
     assert (detection["detector"] == "STRIP").sum() == 2 and {"G_2%", "G_2%+STRIP"} <= set(detection["detector"])
     detector_contrasts = pd.read_csv(files.detection_contrasts_csv)
-    assert {"STRIP", "G_2%+STRIP"} == set(detector_contrasts["model_a"]) and set(detector_contrasts["metric"]) == {
-        "FRR",
-        "FAR",
-    }
+    assert {"STRIP", "G_2%+STRIP"} <= set(detector_contrasts["model_a"])
+    assert set(detector_contrasts["metric"]) == {"FRR", "FAR"}
     assert "false-rejection rate" in files.detection_contrasts_md.read_text()
 
 

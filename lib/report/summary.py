@@ -19,7 +19,6 @@ from lib.core.atomic import write_text
 from lib.core.errors import InputError
 from lib.core.paths import results_root, shown
 from lib.core.step_names import CLP, FINE_PRUNING, GOODNET, STRIP, SWEEP
-from lib.defense.strip import DETECTION_COLUMNS
 from lib.report.tables import markdown_table, read_csv, write_csv
 from lib.runs import provenance
 from lib.runs.workspace import Workspace, rerun, workspace
@@ -52,10 +51,10 @@ def summary_table(datasets: Sequence[str]) -> pd.DataFrame:
 
 
 def detection_rows(ws: Workspace) -> pd.DataFrame:
-    """The rows of ``detection.csv`` (notebook 07) of one run, checked to be its step's current output; no rows
-    where notebook 07 never ran."""
+    """The rows of ``detection.csv`` (notebook 07) of one run, checked to be its step's current output; an empty
+    table where notebook 07 never ran. (Without importing the step: this module stays free of TensorFlow.)"""
     if STRIP not in provenance.read_record(ws.results):
-        return pd.DataFrame(columns=DETECTION_COLUMNS)
+        return pd.DataFrame()
     provenance.require_current(ws.results, STRIP, rerun(ws, STRIP))
     return read_csv(ws.results.detection_csv)
 
