@@ -70,7 +70,7 @@ def _refuse_unsafe_layers(model: keras.Model, role: str) -> None:
         )
 
 
-def _renamed_copy(model: keras.Model, name: str) -> keras.Model:
+def renamed_copy(model: keras.Model, name: str) -> keras.Model:
     """An independent copy under a new name: B and B' share layer names, and may even be one object."""
     clone = copy_model(model)
     return keras.Model(clone.inputs[0], clone.outputs[0], name=name)
@@ -91,8 +91,8 @@ def build_goodnet(badnet: keras.Model, repaired: keras.Model, name: str = "goodn
     if n != n_repaired:
         raise ValueError(f"the BadNet scores {n} classes but the repaired network {n_repaired}")
     x = keras.Input(shape=b_shape, name="input")
-    b_scores = _renamed_copy(badnet, BADNET_NAME)(x)
-    bprime_scores = _renamed_copy(repaired, REPAIRED_NAME)(x)
+    b_scores = renamed_copy(badnet, BADNET_NAME)(x)
+    bprime_scores = renamed_copy(repaired, REPAIRED_NAME)(x)
     return keras.Model(x, GoodNetDecision(name=DECISION_NAME)([b_scores, bprime_scores]), name=name)
 
 

@@ -36,10 +36,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lib.defense.goodnet_model import BADNET_NAME, is_goodnet
+from lib.defense.goodnet_model import BADNET_NAME, is_goodnet, renamed_copy
 from lib.defense.model_layers import BLENDS as BLENDS  # the blends STRIP offers
 from lib.defense.model_layers import StripBlend, StripDecision, StripEntropy
-from lib.network.models import copy_model
 
 #: Column order of detection.csv; ``entropy_threshold`` is STRIP's (empty for a G alone).
 DETECTION_COLUMNS = ["detector", "setting", "FRR", "FAR", "AUC", "entropy_threshold"]
@@ -60,8 +59,7 @@ def _strip_branch(badnet: keras.Model, overlays: np.ndarray, blend: str, images)
     blend_layer = StripBlend(len(overlays), blend, name="strip_blend")
     blended = blend_layer(images)
     blend_layer.overlays.assign(np.asarray(overlays, dtype=np.float32))
-    clone = copy_model(badnet)
-    scores = keras.Model(clone.inputs[0], clone.outputs[0], name="strip_badnet")(blended)
+    scores = renamed_copy(badnet, "strip_badnet")(blended)
     return StripEntropy(len(overlays), name="strip_entropy")(scores)
 
 
