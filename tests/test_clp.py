@@ -9,6 +9,7 @@ from conftest import tiny_deepid, tiny_images
 
 from lib.core import rows
 from lib.defense import clp
+from lib.defense.plans import choose_within_budgets
 from lib.network.models import predict_classes
 from lib.network.pruning import prune_plan
 
@@ -57,9 +58,11 @@ def test_the_scan_prunes_as_a_fresh_copy_would_and_stops_past_the_largest_budget
 def test_each_budget_keeps_the_largest_pruning_whose_drop_stays_within_it_counted_exactly():
     scan = pd.DataFrame({"u": [np.inf, 3, 2, 1, 0], "clean_correct": [200, 198, 195, 199, 170]})
     # of 200 images the drop is 0, 1, 2.5, 0.5 and 15 points: 2 points are first exceeded at row 2, 4 at row 4
-    assert clp.choose_u(scan, [2, 4, 10], n_clean=200) == {2.0: 1, 4.0: 3, 10.0: 3}
-    assert clp.choose_u(scan, [2.5], n_clean=200) == {2.5: 3}, "a drop of exactly 2.5 points stays within 2.5"
-    assert clp.choose_u(scan, [0.5], n_clean=200) == {0.5: None}, "exceeded by the first channel: no CLP_0.5% row"
+    assert choose_within_budgets(scan, [2, 4, 10], n_clean=200) == {2.0: 1, 4.0: 3, 10.0: 3}
+    assert choose_within_budgets(scan, [2.5], n_clean=200) == {2.5: 3}, "a drop of exactly 2.5 points stays within 2.5"
+    assert choose_within_budgets(scan, [0.5], n_clean=200) == {0.5: None}, (
+        "exceeded by the first channel: no CLP_0.5% row"
+    )
 
 
 @pytest.mark.parametrize(("name", "stem"), [("CLP_u3", "clp_u3"), ("CLP_2%", "clp_2"), ("GCLP_10%", "clp_10")])

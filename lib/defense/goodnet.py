@@ -103,8 +103,10 @@ def evaluation_table(
     """``goodnet.csv`` / ``fine_pruning.csv``: one row per model, test accuracy and ASR in percent.
 
     ``target_labels`` maps each trigger to the labels of its test set (empty when no poisoned data is
-    published: the ASR column is then NaN).
+    published: the ASR column is then NaN). No models (a defense that reached no budget): the columns alone.
     """
+    if not models:
+        return pd.DataFrame(columns=["model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"])
     return pd.DataFrame([evaluation_row(m, clean_labels, target_labels) for m in models])
 
 

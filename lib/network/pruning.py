@@ -14,12 +14,13 @@ import numpy as np
 from lib.network.models import copy_model
 
 
-def zero_channels(conv: keras.layers.Layer, channels: np.ndarray) -> None:
-    """Zero the given output channels of a conv layer in place: its kernel slice and bias."""
+def zero_channels(conv: keras.layers.Layer, channels: np.ndarray, keep_bias: bool = False) -> None:
+    """Zero the given output channels (or a Dense layer's units) in place: their kernel slice and, unless
+    ``keep_bias`` (ANP's pruning, which zeroes the mask on ``w . x`` only), their bias."""
     kernel = conv.kernel.numpy().copy()
     kernel[..., channels] = 0.0
     conv.kernel.assign(kernel)
-    if conv.use_bias:
+    if conv.use_bias and not keep_bias:
         bias = conv.bias.numpy().copy()
         bias[channels] = 0.0
         conv.bias.assign(bias)
@@ -60,19 +61,19 @@ def prune_channels(model: keras.Model, conv_layer: str, channels: Iterable[int])
     return pruned
 
 
-def zero_plan(model: keras.Model, plan: Mapping[str, np.ndarray]) -> int:
-    """Zero, in place, the channels of each conv layer of ``plan`` (layer name -> channels); how many it names.
+def zero_plan(model: keras.Model, plan: Mapping[str, np.ndarray], keep_bias: bool = False) -> int:
+    """Zero, in place, the channels of each layer of ``plan`` (layer name -> channels); how many it names.
 
     Channels already zero stay zero, so applying a larger plan of the same nested family prunes further.
     """
     for name, channels in plan.items():
         if len(channels):
-            zero_channels(model.get_layer(name), np.asarray(channels, dtype=np.int64))
+            zero_channels(model.get_layer(name), np.asarray(channels, dtype=np.int64), keep_bias)
     return sum(len(c) for c in plan.values())
 
 
-def prune_plan(model: keras.Model, plan: Mapping[str, np.ndarray]) -> keras.Model:
+def prune_plan(model: keras.Model, plan: Mapping[str, np.ndarray], keep_bias: bool = False) -> keras.Model:
     """A copy of ``model`` with the channels of ``plan`` (layer name -> channels) zeroed; the original untouched."""
     pruned = copy_model(model)
-    zero_plan(pruned, plan)
+    zero_plan(pruned, plan, keep_bias)
     return pruned

@@ -68,10 +68,14 @@ def plot_channel_activations(table: pd.DataFrame, pool_layer: str) -> Figure:
 
 
 def plot_sweep(
-    sweep: pd.DataFrame, thresholds: Mapping[float, int | None], title: str = "", x_max: float = 1.0
+    sweep: pd.DataFrame,
+    thresholds: Mapping[float, int | None],
+    title: str = "",
+    x_max: float = 1.0,
+    unit: str = "channels",
 ) -> Figure:
-    """Clean accuracy and attack success rate against the fraction of channels pruned, with the chosen points marked
-    (B', or CLP's u); ``x_max``: where the axis ends, for a scan that stops early (CLP's)."""
+    """Clean accuracy and attack success rate against the fraction of ``unit`` pruned, with the chosen rows marked
+    (B', CLP's u, ANP's mask threshold); ``x_max``: where the axis ends, for a scan that stops early."""
     fig, ax = _figure(figsize=(7, 4.2))
     ax.plot(sweep["fraction"], sweep["clean_accuracy"], color=CLEAN_COLOR, label="clean accuracy (validation)")
     measured_asr = sweep["attack_success_rate"].notna().any()
@@ -101,9 +105,14 @@ def plot_sweep(
         if measured_asr:
             ax.plot([row["fraction"]], [row["attack_success_rate"]], "o", color=ATTACK_COLOR)
         ax.annotate(
-            f"-{t:g} pts: {step} pruned", (row["fraction"], 4), fontsize=7, rotation=90, ha="right", va="bottom"
+            f"-{t:g} pts: {int(row.get('channels_pruned', step))} pruned",
+            (row["fraction"], 4),
+            fontsize=7,
+            rotation=90,
+            ha="right",
+            va="bottom",
         )
-    ax.set_xlabel("fraction of channels pruned")
+    ax.set_xlabel(f"fraction of {unit} pruned")
     ax.set_ylabel("percent")
     ax.set_ylim(-2, 102)
     ax.set_xlim(0, x_max)

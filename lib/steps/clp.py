@@ -13,13 +13,11 @@ from lib.core.atomic import write_text
 from lib.core.rows import ModelRow
 from lib.core.step_names import CLP
 from lib.defense.goodnet import Evaluated
-from lib.defense.goodnet_model import build_goodnet, save_goodnet
-from lib.network.models import save_model
 from lib.report import plots
 from lib.report.tables import markdown_table, write_csv
 from lib.runs import provenance
 from lib.steps.common import locked
-from lib.steps.goodnet import rows_summary
+from lib.steps.goodnet import rows_summary, save_repaired_models
 from lib.steps.scenario import Scenario
 
 
@@ -43,12 +41,7 @@ def record_clp(
     (for the near ties the record keeps)."""
     results = scenario.results
     with locked(scenario, CLP):
-        saved = []
-        for row, model in repaired.items():
-            path = save_model(model, results.repaired_model(row))
-            saved += [path, save_goodnet(build_goodnet(scenario.badnet, model), results.goodnet_model(path))]
-        for stale in {*results.models.glob("clp_*.h5"), *results.models.glob("goodnet_clp_*.keras")} - set(saved):
-            stale.unlink()
+        saved = save_repaired_models(scenario, repaired, "clp")
         write_csv(scan, results.clp_sweep_csv)
         write_csv(table, results.clp_csv)
         write_text(results.clp_md, markdown_table(table))

@@ -14,6 +14,7 @@ from lib.core.atomic import write_text
 from lib.core.step_names import GOODNET
 from lib.defense.goodnet import Evaluated, TestData
 from lib.defense.goodnet_model import build_goodnet, save_goodnet
+from lib.network.models import save_model
 from lib.report import plots
 from lib.report.tables import markdown_table, read_csv, write_csv
 from lib.runs import provenance
@@ -87,3 +88,17 @@ def read_goodnet_models(scenario: Scenario) -> dict[rows.ModelRow, Path]:
     return {
         rows.pruned(p.threshold).goodnet_of(): scenario.results.goodnet_model(p.path) for p in read_pruned(scenario)
     }
+
+
+def save_repaired_models(scenario: Scenario, repaired: dict[rows.ModelRow, keras.Model], kind: str) -> list[Path]:
+    """Save another defense's repaired models as ``models/<row>.h5``, each with its G as
+    ``models/goodnet_<row>.keras``, and remove that defense's models of budgets an earlier run reached and this
+    one did not (``kind``: the file stems' prefix, ``clp`` or ``anp``). The paths written, for the record."""
+    results = scenario.results
+    saved = []
+    for row, model in repaired.items():
+        path = save_model(model, results.repaired_model(row))
+        saved += [path, save_goodnet(build_goodnet(scenario.badnet, model), results.goodnet_model(path))]
+    for stale in {*results.models.glob(f"{kind}_*.h5"), *results.models.glob(f"goodnet_{kind}_*.keras")} - set(saved):
+        stale.unlink()
+    return saved
