@@ -1,6 +1,6 @@
 # Rebuild every figure and table of the pruning defense from the parameterized notebooks.
 #
-#   make all                      the seven step notebooks on both offline demos, then results/demo-summary.md
+#   make all                      the eight step notebooks on both offline demos, then results/demo-summary.md
 #   make all DATASET=csaw-lab3    the same on one dataset, here the real CSAW-HackML-2020 lab 3 (downloads it)
 #   make csaw-all                 the four CSAW-HackML-2020 competition BadNets, then results/csaw-summary.md
 #   make verify                   rerun the default pipeline from scratch elsewhere and compare with the committed results
@@ -38,7 +38,7 @@ RUN    = $(PY) -m lib.runs.notebook
 # One run at a time per dataset: the whole chain of steps holds the dataset's folders.
 LOCKED = $(PY) -m lib.runs.locks --dataset $(1) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) --
 
-.PHONY: all pipeline csaw-all data activations sweep goodnet fine-pruning clp strip demo-rebuild verify study \
+.PHONY: all pipeline csaw-all data activations sweep goodnet fine-pruning clp strip anp demo-rebuild verify study \
         setup test test-fast lint bench strip-notebooks clean-results
 
 all: setup
@@ -50,7 +50,7 @@ csaw-all: setup
 		$(call LOCKED,$$d) $(MAKE) --no-print-directory pipeline DATASET=$$d || exit 1; done
 	@$(PY) -m lib.report.summary --out csaw-summary $$($(PYTHON) -m lib.data.catalog competition)
 
-pipeline: strip
+pipeline: anp
 
 # --- the steps, each after the one before -------------------------------------------------------------
 data: setup
@@ -73,6 +73,9 @@ clp: fine-pruning
 
 strip: clp
 	@$(RUN) notebooks/07_strip.ipynb $(PARAMS)
+
+anp: strip
+	@$(RUN) notebooks/08_anp.ipynb $(PARAMS) -p "thresholds=[$(THRESHOLDS)]"
 
 # Train a new demo BadNet on this machine and publish it (data/published/, checksums/): the committed
 # results then no longer apply until `make all` regenerates them and they are committed with it.

@@ -41,7 +41,9 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
     ``goodnet``               the repaired network G and the test-data evaluation of every model
     ``model_layers``          the custom layers saved G and G+STRIP hold, registered with Keras
     ``goodnet_model``         G as one loadable Keras model (both networks and N)
+    ``plans``                 pruning by a ranking (CLP's, ANP's): scan on validation data, budgets, test data
     ``clp``                   CLP: channels pruned by their Lipschitz bound, u chosen on validation data
+    ``anp``                   ANP: neurons pruned by masks learnt under adversarial perturbation
     ``strip``                 STRIP: inputs flagged by the entropy of their blends; G combined with it as one model
     ``finetune``              fine-tuning on clean data, pruned channels kept pruned (fine-pruning)
 ``lib.sweep``                 the pruning sweep
@@ -74,6 +76,7 @@ from a higher one; the commands ``lib.eval`` and ``lib.verify`` sit on top.
     ``fine_pruning``          05 ``record_fine_pruning``: the fine-tuned models, their tables and history
     ``clp``                   06 ``record_clp``: CLP's scan, its rows and models
     ``strip``                 07 ``record_strip``: detection.csv, STRIP's scores, each G+STRIP as a model
+    ``anp``                   08 ``record_anp``: ANP's masks, its scan, its rows and models
 ``lib.study``                 multi-seed studies on Dask (``make study``; ``__main__``: ``python -m lib.study``)
     ``spec``                  the study file: read, checked, its runs and their notebook parameters
     ``runner``                one job on a worker: a run's notebooks in one kernel, threads pinned

@@ -32,7 +32,7 @@ import pandas as pd
 
 from lib.core import rows
 from lib.core.paths import COMMITTED_RESULTS, PROJECT_ROOT, ResultFiles, result_files, shown
-from lib.core.step_names import FINE_PRUNING
+from lib.core.step_names import ANP, FINE_PRUNING
 from lib.data.catalog import DEMO_DATASETS
 from lib.report.tables import read_csv
 from lib.runs import provenance
@@ -43,6 +43,12 @@ REL_TOL = 1e-5
 #: Columns whose values are counts or ratios of counts: identical on any processor, or something is wrong.
 COUNT_COLUMNS = ("pruned", "fraction", "channel", "rank", "channels_pruned", "threshold", "pruned_channels", "dormant")
 SUMMARY = "demo-summary"
+#: The steps whose results come from training (per processor, reported against the study's spread): the table
+#: of their rows, and the file naming the machine that trained them.
+TRAINED: dict[str, Callable[[ResultFiles], tuple[Path, Path]]] = {
+    FINE_PRUNING: lambda r: (r.fine_pruning_csv, r.trained_on),
+    ANP: lambda r: (r.anp_csv, r.anp_trained_on),
+}
 
 
 @dataclass
@@ -155,7 +161,7 @@ def compare_run(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: 
     """Every file the fresh run wrote that the project commits, judged by the rule of the step that wrote it."""
     verdicts = []
     for step, record in provenance.read_record(fresh).items():
-        trained = step == FINE_PRUNING
+        trained = TRAINED.get(step)
         for name in record.outputs:
             path = PROJECT_ROOT / name if not Path(name).is_absolute() else Path(name)
             try:
@@ -167,9 +173,10 @@ def compare_run(dataset: str, fresh: ResultFiles, committed: ResultFiles, read: 
                 continue  # models, executed notebooks: not committed
             what = f"{dataset}/{rel.as_posix()}"
             if trained:
-                if rel.suffix == ".csv" and rel.name == committed.fine_pruning_csv.name:
-                    machine = read(committed.trained_on)
-                    same = machine is not None and _machine(machine) == _machine(fresh.trained_on.read_bytes())
+                table, trained_on = trained(committed)
+                if rel == table.relative_to(committed.root):
+                    machine = read(trained_on)
+                    same = machine is not None and _machine(machine) == _machine(trained(fresh)[1].read_bytes())
                     verdicts += compare_trained(dataset, _read_csv(before), read_csv(path), same)
                 continue
             if rel.suffix == ".csv":
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.compare or DEMO_DATASETS:
             fresh = result_files(dataset) if in_place else ResultFiles(workdir / "results" / dataset)
             if not fresh.goodnet_csv.is_file() or not provenance.read_record(fresh):
-                print(f"{shown(fresh.root)}: no results to compare: run notebooks 01-07 on {dataset}", file=sys.stderr)
+                print(f"{shown(fresh.root)}: no results to compare: run notebooks 01-08 on {dataset}", file=sys.stderr)
                 return 1
             committed = ResultFiles(COMMITTED_RESULTS / dataset)
             verdicts += compare_run(dataset, fresh, committed, read)

@@ -266,6 +266,7 @@ def test_a_cached_file_that_fails_its_check_is_dropped_so_that_a_rerun_downloads
 
 #: Overlays STRIP blends with here: the stand-in validation sets hold 12 images, 6 of them in the pool.
 STRIP_OVERLAYS = 4
+ANP_SETTINGS = {"iterations": 10, "anp_batch_size": 16}  # the method runs; what it learns is the demos' question
 
 
 @pytest.fixture(scope="module")
@@ -315,8 +316,12 @@ def test_summary_stacks_every_dataset(pipelines, monkeypatch, tmp_path, capsys):
     assert summary_main(["--out", str(tmp_path / "csaw-summary"), *COMPETITION_DATASETS]) == 0
     table = pd.read_csv(tmp_path / "csaw-summary.csv")
     assert table.columns[0] == "dataset" and table["dataset"].unique().tolist() == list(COMPETITION_DATASETS)
-    per_dataset = {  # the steps that ran here (CLP where the slow tests below ran it); the others left out
-        n: sum(len(pd.read_csv(f)) for f in (results / n / "goodnet.csv", results / n / "clp.csv") if f.is_file())
+    per_dataset = {  # the steps that ran here (CLP and ANP where the slow tests below ran them); the others left out
+        n: sum(
+            len(pd.read_csv(results / n / f))
+            for f in ("goodnet.csv", "clp.csv", "anp.csv")
+            if (results / n / f).is_file()
+        )
         for n in COMPETITION_DATASETS
     }
     assert table["dataset"].value_counts().to_dict() == per_dataset
@@ -327,7 +332,7 @@ def test_summary_stacks_every_dataset(pipelines, monkeypatch, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def defenses(pipelines, competition):
-    """CLP (notebook 06) and STRIP (07) after steps 2-4 on each competition dataset."""
+    """CLP (notebook 06), STRIP (07) and ANP (08) after steps 2-4 on each competition dataset."""
     results, _ = pipelines
     data, _, _ = competition
     mp = pytest.MonkeyPatch()
@@ -337,17 +342,29 @@ def defenses(pipelines, competition):
         for name in COMPETITION_DATASETS:
             run_notebook_cells("clp", dataset=name)
             run_notebook_cells("strip", dataset=name, n_overlays=STRIP_OVERLAYS)
+            run_notebook_cells("anp", dataset=name, **ANP_SETTINGS)
         yield results
     finally:
         mp.undo()
 
 
 @pytest.mark.slow
-def test_clp_and_strip_run_on_every_competition_badnet(defenses, tmp_path):
+def test_clp_strip_and_anp_run_on_every_competition_badnet(defenses, tmp_path):
     results = defenses
     for name in COMPETITION_DATASETS:
         clp = pd.read_csv(results / name / "clp.csv")
         assert clp["model"].iloc[0] == "CLP_u3" and clp["clean_accuracy"].notna().all(), name
+        masks = pd.read_csv(results / name / "anp_masks.csv")
+        assert len(masks) == 20 + 40 + 60 + 80 + 160 + 160 and masks["mask"].between(0, 1).all(), name
+        anp_rows = pd.read_csv(results / name / "anp.csv")  # 6 choice images: a budget may allow no pruning at all
+        assert list(anp_rows.columns[:5]) == [
+            "model",
+            "threshold",
+            "channels_pruned",
+            "clean_accuracy",
+            "attack_success_rate",
+        ]
+        assert anp_rows["clean_accuracy"].notna().all(), name
         detection = pd.read_csv(results / name / "detection.csv").set_index("detector")
         assert "STRIP" in detection.index and detection["FRR"].notna().all(), name
         published = name not in ("csaw-anonymous-1", "csaw-anonymous-2")  # no poisoned data: nothing to accept
@@ -388,3 +405,27 @@ def test_strip_blends_raw_pixels_and_feeds_the_competition_network_x_over_255(de
     assert np.array_equal(scores.loc[scores["split"] == "valid", "index"], calibration)
     np.testing.assert_allclose(recorded, entropy(raw.predict(flat / 255.0, verbose=0)), rtol=1e-4, atol=1e-6)
     assert not np.allclose(recorded, entropy(raw.predict(flat, verbose=0)), rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_anp_masks_the_competition_network_behind_its_x_over_255_scale(defenses, competition):
+    """ANP's masked forward, every mask 1, is the published weights fed x / 255: the masks are learnt on the
+    network as its publisher ran it (the scale layer passes through unmasked)."""
+    from lib.defense import anp
+    from lib.network.models import load_model_file
+    from lib.runs.workspace import workspace
+    from lib.steps.scenario import load_scenario
+
+    data, _, _ = competition
+    name = "csaw-sunglasses"
+    raw = load_model_file(SHARED / DATASETS[name].source.mirror_name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BACKDOOR_DATA_ROOT", str(data))
+        mp.setenv("BACKDOOR_RESULTS_ROOT", str(defenses))
+        scenario = load_scenario(workspace(name))
+        images = scenario.load_clean("valid").images[:16]
+    layers = anp.neuron_layers(scenario.badnet)
+    ones = {n: np.ones(int(layer.kernel.shape[-1]), np.float32) for n, layer in layers.items()}
+    masked = np.asarray(anp.masked_forward(scenario.badnet, layers)(images, ones, ones))
+    np.testing.assert_allclose(masked, raw.predict(images / 255.0, verbose=0), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(masked, raw.predict(images, verbose=0), rtol=1e-2)

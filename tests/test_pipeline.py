@@ -26,9 +26,21 @@ from lib.runs.notebook import main as run_notebook
 
 pytestmark = pytest.mark.slow
 
-NOTEBOOKS = ["01_data", "02_activations", "03_pruning_sweep", "04_goodnet", "05_fine_pruning", "06_clp", "07_strip"]
+NOTEBOOKS = [
+    "01_data",
+    "02_activations",
+    "03_pruning_sweep",
+    "04_goodnet",
+    "05_fine_pruning",
+    "06_clp",
+    "07_strip",
+    "08_anp",
+]
 RUNNER = [sys.executable, "-m", "lib.runs.notebook"]
 SMALL_DEMO = "{n_identities: 8, train_per_identity: 24, valid_per_identity: 8, test_per_identity: 8, epochs: 6}"
+#: ANP on the small demo: few updates, and a gentler rate (at 0.2 its fragile B's masks fall to 0 together, and the
+#: first cut of the scan already exceeds every budget).
+SMALL_ANP = {"iterations": 20, "learning_rate": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +61,8 @@ def demo_run(tmp_path_factory) -> tuple[Path, Path]:
                 params += ["-p", "epochs=3"]
             if name == "07_strip":
                 params += ["-p", "n_overlays=20"]  # the small demo has 64 validation images: 32 in the pool
+            if name == "08_anp":
+                params += [a for k, v in SMALL_ANP.items() for a in ("-p", f"{k}={v}")]
             rc = run_notebook(
                 [
                     str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb"),
@@ -85,9 +99,14 @@ def test_notebooks_write_the_contract_files(demo_run):
         "detection.csv",
         "strip_scores.csv",
         "models/goodnet_bprime_2_strip.keras",
+        "anp_masks.csv",
+        "anp_sweep.csv",
+        "anp.csv",
+        "anp.md",
+        "anp_trained_on.json",
     ]:
         assert (results / f).is_file(), f
-    figures = ["samples", "activations", "sweep", "goodnet", "fine_pruning", "clp", "detection"]
+    figures = ["samples", "activations", "sweep", "goodnet", "fine_pruning", "clp", "detection", "anp"]
     for f in (f"{name}.png" for name in figures):
         assert (results / "figures" / f).stat().st_size > 1000, f
     for name in NOTEBOOKS:
@@ -329,15 +348,23 @@ def test_the_plain_keras_path_gives_the_same_sweep(demo_run, tmp_path, monkeypat
         assert (mine / name).read_bytes() == (results / name).read_bytes(), name
 
 
-def test_every_clp_model_gives_its_row_with_plain_keras(demo_run):
-    """Each saved CLP model, loaded with plain Keras, predicts the test sets as its row of clp.csv says."""
+@pytest.mark.parametrize(
+    "step, allowed, layers",
+    [
+        ("clp", ["CLP_u3", "CLP_2%", "CLP_4%", "CLP_10%"], ("conv_1", "conv_2", "conv_3", "conv_4")),
+        ("anp", ["ANP_2%", "ANP_4%", "ANP_10%"], ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2")),
+    ],
+)
+def test_every_repaired_model_of_another_defense_gives_its_row_with_plain_keras(demo_run, step, allowed, layers):
+    """Each saved CLP or ANP model, loaded with plain Keras, predicts the test sets as its row of clp.csv or anp.csv
+    says, with at least as many neurons zeroed as the row counts."""
     data, results = demo_run
-    table = read_csv(results / "clp.csv").set_index("model")
+    table = read_csv(results / f"{step}.csv").set_index("model")
     clean, triggered = (h5py.File(data / f, "r") for f in ("cl/test.h5", "bd/bd_test.h5"))
     x_clean, y_clean = np.transpose(clean["data"][()], (0, 2, 3, 1)), clean["label"][()]
     x_bd, y_bd = np.transpose(triggered["data"][()], (0, 2, 3, 1)), triggered["label"][()]
     names = [m for m in table.index if not m.startswith("G")]
-    assert names[0] == "CLP_u3" and set(names) <= {"CLP_u3", "CLP_2%", "CLP_4%", "CLP_10%"}
+    assert names and names == [n for n in allowed if n in names], f"{step}: rows in the order of {allowed}"
     for name in names:
         model = keras.models.load_model(results / "models" / f"{parse_row(name).file_stem}.h5", compile=False)
         accuracy = 100 * np.mean(np.argmax(model.predict(x_clean, verbose=0), axis=1) == y_clean)
@@ -346,23 +373,29 @@ def test_every_clp_model_gives_its_row_with_plain_keras(demo_run):
         assert asr == pytest.approx(table.loc[name, "attack_success_rate"], abs=1e-9), name
         zeroed = sum(
             int(np.all(model.get_layer(c).kernel.numpy()[..., k] == 0))
-            for c in ("conv_1", "conv_2", "conv_3", "conv_4")
+            for c in layers
             for k in range(model.get_layer(c).kernel.shape[-1])
         )
         assert zeroed >= table.loc[name, "channels_pruned"], name
 
 
-def test_clp_chooses_with_validation_data_only(demo_run, tmp_path):
-    """Other test images change CLP's test rows, never what it chose: the scan, each u and each pruned channel."""
+@pytest.mark.parametrize(
+    "step, chosen_files", [("clp", ["clp_sweep.csv"]), ("anp", ["anp_masks.csv", "anp_sweep.csv"])]
+)
+def test_clp_and_anp_choose_with_validation_data_only(demo_run, tmp_path, step, chosen_files):
+    """Other test images change CLP's and ANP's test rows, never what they chose: ANP's masks, each scan, each u or
+    mask threshold, and each pruned neuron."""
     data, results = demo_run
     other = tmp_path / "data"
     shutil.copytree(data, other)
     for name in ("cl/test.h5", "bd/bd_test.h5"):
         with h5py.File(other / name, "r+") as f:
             f["data"][...] = 255.0 - f["data"][()]  # other images, same schema and labels
-    variables = run_notebook_cells("clp", data_dir=str(other), results_dir=str(tmp_path / "results"))
-    assert (tmp_path / "results" / "clp_sweep.csv").read_bytes() == (results / "clp_sweep.csv").read_bytes()
-    ours, theirs = pd.read_csv(tmp_path / "results" / "clp.csv"), pd.read_csv(results / "clp.csv")
+    extra = SMALL_ANP if step == "anp" else {}  # as demo_run ran it
+    variables = run_notebook_cells(step, data_dir=str(other), results_dir=str(tmp_path / "results"), **extra)
+    for name in chosen_files:
+        assert (tmp_path / "results" / name).read_bytes() == (results / name).read_bytes(), name
+    ours, theirs = pd.read_csv(tmp_path / "results" / f"{step}.csv"), pd.read_csv(results / f"{step}.csv")
     assert ours[["model", "threshold", "channels_pruned"]].equals(theirs[["model", "threshold", "channels_pruned"]])
     assert not ours["clean_accuracy"].equals(theirs["clean_accuracy"]), "the test sets did change"
     for row, model in variables["repaired"].items():

@@ -130,7 +130,7 @@ def _makefile_params() -> dict[str, set[str]]:
 
 def test_every_parameter_the_makefile_passes_is_in_the_parameters_cell():
     passed = _makefile_params()
-    assert set(passed) == {p.stem for p in NOTEBOOKS if p.stem != "08_study"}
+    assert set(passed) == {p.stem for p in NOTEBOOKS if p.stem != "09_study"}
     assert {"dataset", "data_dir", "results_dir"} <= passed["01_data"] and "thresholds" in passed["03_pruning_sweep"]
     for stem, names in passed.items():
         assert names <= set(notebook_defaults(PROJECT_ROOT / "notebooks" / f"{stem}.ipynb")), stem
@@ -145,7 +145,7 @@ def test_parameters_cell_holds_plain_literals(path):
     for node in ast.parse(cell.source).body:
         assert isinstance(node, ast.Assign), f"{path.name}: only assignments in the parameters cell"
         ast.literal_eval(node.value)  # raises for anything but a literal
-    assert "dataset" in notebook_defaults(path) or path.stem == "08_study"
+    assert "dataset" in notebook_defaults(path) or path.stem == "09_study"
 
 
 def _block(marker: str) -> str:
@@ -162,6 +162,7 @@ def _table_rows(block: str) -> list[list[str]]:
     [
         ("goodnet:demo", "goodnet.csv", ["B", "B'_2%", "B'_4%", "B'_10%"]),
         ("clp:demo", "clp.csv", ["CLP_u3", "CLP_2%", "CLP_4%", "CLP_10%"]),
+        ("anp:demo", "anp.csv", ["ANP_2%", "ANP_4%", "ANP_10%"]),
     ],
 )
 def test_readme_demo_tables_quote_the_committed_results(marker, file, models):

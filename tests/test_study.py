@@ -342,9 +342,9 @@ def test_the_committed_aggregates_alone_give_the_same_summary(local_study, tmp_p
 @pytest.mark.slow
 def test_notebook_06_shows_the_tables_figures_and_reading(local_study, tmp_path, monkeypatch):
     monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(local_study.results))
-    out = tmp_path / "08_study.ipynb"
+    out = tmp_path / "09_study.ipynb"
     papermill.execute_notebook(
-        str(PROJECT_ROOT / "notebooks" / "08_study.ipynb"),
+        str(PROJECT_ROOT / "notebooks" / "09_study.ipynb"),
         str(out),
         parameters={"study": str(local_study.spec)},
         cwd=str(PROJECT_ROOT),

@@ -320,16 +320,17 @@ def test_a_contrast_of_one_seed_is_never_separated():
     assert "(one seed: no interval)" in verdict_sentence(table.iloc[0])
 
 
-def test_clp_at_each_budget_is_compared_with_pruning_and_fine_pruning_at_that_budget():
+@pytest.mark.parametrize("defense, name", [(rows.lipschitz, "CLP"), (rows.adversarial, "ANP")])
+def test_clp_and_anp_at_each_budget_are_compared_with_pruning_and_fine_pruning_at_that_budget(defense, name):
     runs = made_up({0.001: [90.0, 80.0, 85.0, 70.0, 95.0, 60.0]}).drop(columns="learning_rate")
-    clp = runs[runs["model"] == rows.pruned(4).name].assign(model=rows.lipschitz(4).name)
-    clp["attack_success_rate"] -= 2.0  # CLP_4% two points below B'_4% in every seed
-    unrelated = clp.assign(model=rows.lipschitz(u=3).name, threshold=np.nan)  # no budget: no standard contrast
-    table = contrast_table(pd.concat([runs, clp, unrelated]))
+    other = runs[runs["model"] == rows.pruned(4).name].assign(model=defense(4).name)
+    other["attack_success_rate"] -= 2.0  # the defense's 4% row two points below B'_4% in every seed
+    unrelated = other.assign(model=rows.lipschitz(u=3).name, threshold=np.nan)  # no budget: no standard contrast
+    table = contrast_table(pd.concat([runs, other, unrelated]))
     asr = table[table["metric"] == "attack_success_rate"].set_index(["model_a", "model_b"])
-    assert asr.loc[("CLP_4%", "B'_4%"), "mean_difference"] == -2.0
-    assert asr.loc[("CLP_4%", "B'_4%"), "question"] == "CLP against activation pruning (CLP - B')"
-    assert asr.loc[("CLP_4%", "FP_4%"), "question"] == "CLP against fine-pruning (CLP - FP)"
+    assert asr.loc[(f"{name}_4%", "B'_4%"), "mean_difference"] == -2.0
+    assert asr.loc[(f"{name}_4%", "B'_4%"), "question"] == f"{name} against activation pruning ({name} - B')"
+    assert asr.loc[(f"{name}_4%", "FP_4%"), "question"] == f"{name} against fine-pruning ({name} - FP)"
     assert not any("CLP_u3" in pair for pair in asr.index)
 
 

@@ -2,21 +2,24 @@
 
 Every table, figure and test names a model the same way:
 
-=========  ======================================================  ============================
-row        model                                                   written by
-=========  ======================================================  ============================
-``B``      the BadNet as published                                 ``goodnet`` (notebook 04)
-``B'_t%``  B pruned until clean accuracy dropped by t points       ``goodnet``
-``G_t%``   the GoodNet of B and B'_t%                              ``goodnet``
-``FT``     B fine-tuned on clean data, nothing pruned              ``fine_pruning`` (notebook 05)
-``GFT``    the GoodNet of B and FT                                 ``fine_pruning``
-``FP_t%``  B'_t% fine-tuned on clean data (fine-pruning)           ``fine_pruning``
-``GFP_t%`` the GoodNet of B and FP_t%                              ``fine_pruning``
-``CLP_uX`` B with every conv's channels of Lipschitz bound z > X   ``clp`` (notebook 06)
-           pruned (CLP, data-free)
-``CLP_t%`` CLP with u chosen on clean validation data: t points    ``clp``
-``GCLP_*`` the GoodNet of B and CLP_uX or CLP_t%                   ``clp``
-=========  ======================================================  ============================
+===========  ======================================================  ============================
+row          model                                                   written by
+===========  ======================================================  ============================
+``B``        the BadNet as published                                 ``goodnet`` (notebook 04)
+``B'_t%``    B pruned until clean accuracy dropped by t points       ``goodnet``
+``G_t%``     the GoodNet of B and B'_t%                              ``goodnet``
+``FT``       B fine-tuned on clean data, nothing pruned              ``fine_pruning`` (notebook 05)
+``GFT``      the GoodNet of B and FT                                 ``fine_pruning``
+``FP_t%``    B'_t% fine-tuned on clean data (fine-pruning)           ``fine_pruning``
+``GFP_t%``   the GoodNet of B and FP_t%                              ``fine_pruning``
+``CLP_uX``   B with every conv's channels of Lipschitz bound z > X   ``clp`` (notebook 06)
+             pruned (CLP, data-free)
+``CLP_t%``   CLP with u chosen on clean validation data: t points    ``clp``
+``GCLP_*``   the GoodNet of B and CLP_uX or CLP_t%                   ``clp``
+``ANP_t%``   B with its lowest ANP masks pruned, the amount chosen   ``anp`` (notebook 08)
+             on clean validation data: t points
+``GANP_t%``  the GoodNet of B and ANP_t%                             ``anp``
+===========  ======================================================  ============================
 """
 
 from __future__ import annotations
@@ -24,18 +27,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lib.core.step_names import CLP, FINE_PRUNING, GOODNET
+from lib.core.step_names import ANP, CLP, FINE_PRUNING, GOODNET
 
 BADNET = "B"
 PRUNED = "B'"
 FINE_TUNED = "FT"
 FINE_PRUNED = "FP"
 LIPSCHITZ = "CLP"
+ADVERSARIAL = "ANP"
 #: A GoodNet's row is its repaired network's row with this mark: ``G_2%`` from ``B'_2%``, ``GFP_2%``...
 GOODNET_MARK = "G"
 
 _NAME = re.compile(
-    r"^(?P<goodnet>G?)(?P<kind>B'|B|FT|FP|CLP)?(?:_(?:(?P<threshold>\d+(?:\.\d+)?)%|u(?P<u>\d+(?:\.\d+)?)))?$"
+    r"^(?P<goodnet>G?)(?P<kind>B'|B|FT|FP|CLP|ANP)?(?:_(?:(?P<threshold>\d+(?:\.\d+)?)%|u(?P<u>\d+(?:\.\d+)?)))?$"
 )
 
 
@@ -46,9 +50,9 @@ def format_threshold(threshold: float) -> str:
 
 @dataclass(frozen=True)
 class ModelRow:
-    """One model of the comparison: its kind (``B``, ``B'``, ``FT``, ``FP``, ``CLP``), whether it is that model's
-    GoodNet, and the accuracy-drop threshold that chose its pruning (None for B and FT), or for CLP's data-free
-    row the fixed ``u`` instead."""
+    """One model of the comparison: its kind (``B``, ``B'``, ``FT``, ``FP``, ``CLP``, ``ANP``), whether it is
+    that model's GoodNet, and the accuracy-drop threshold that chose its pruning (None for B and FT), or for CLP's
+    data-free row the fixed ``u`` instead."""
 
     kind: str
     threshold: float | None = None
@@ -56,7 +60,7 @@ class ModelRow:
     u: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in (BADNET, PRUNED, FINE_TUNED, FINE_PRUNED, LIPSCHITZ):
+        if self.kind not in (BADNET, PRUNED, FINE_TUNED, FINE_PRUNED, LIPSCHITZ, ADVERSARIAL):
             raise ValueError(f"unknown model kind {self.kind!r}")
         if self.kind == LIPSCHITZ:
             if (self.threshold is None) == (self.u is None):
@@ -71,7 +75,7 @@ class ModelRow:
     @property
     def name(self) -> str:
         """The row's name in every table: ``B``, ``B'_2%``, ``G_2%``, ``FT``, ``GFT``, ``FP_2%``, ``GFP_2%``,
-        ``CLP_u3``, ``CLP_2%``, ``GCLP_u3``..."""
+        ``CLP_u3``, ``CLP_2%``, ``GCLP_u3``, ``ANP_2%``, ``GANP_2%``..."""
         if self.goodnet and self.kind == PRUNED:
             base = GOODNET_MARK  # G_2%, not GB'_2%: the lab's name
         else:
@@ -83,13 +87,13 @@ class ModelRow:
     @property
     def step(self) -> str:
         """The pipeline step that writes this row."""
-        if self.kind == LIPSCHITZ:
-            return CLP
+        if self.kind in (LIPSCHITZ, ADVERSARIAL):
+            return {LIPSCHITZ: CLP, ADVERSARIAL: ANP}[self.kind]
         return GOODNET if self.kind in (BADNET, PRUNED) else FINE_PRUNING
 
     @property
     def file_stem(self) -> str:
-        """The row's model file name without suffix: ``clp_u3`` for ``CLP_u3``, ``clp_2`` for ``CLP_2%``."""
+        """The row's model file name without suffix: ``clp_u3`` for ``CLP_u3``, ``anp_2`` for ``ANP_2%``."""
         setting = f"u{format_threshold(self.u)}" if self.u is not None else format_threshold(self.threshold)
         return f"{self.kind.lower()}_{setting}"
 
@@ -107,7 +111,9 @@ def parse_row(name: str) -> ModelRow:
     """The row a table calls ``name`` (the inverse of ``ModelRow.name``)."""
     match = _NAME.match(name)
     if match is None or (match["kind"] is None and not match["goodnet"]):
-        raise ValueError(f"{name!r} is not a model row name (B, B'_2%, G_2%, FT, GFT, FP_2%, GFP_2%, CLP_u3, CLP_2%)")
+        raise ValueError(
+            f"{name!r} is not a model row name (B, B'_2%, G_2%, FT, GFT, FP_2%, GFP_2%, CLP_u3, CLP_2%, ANP_2%)"
+        )
     goodnet, kind, threshold, u = bool(match["goodnet"]), match["kind"], match["threshold"], match["u"]
     if goodnet and kind is None:
         kind = PRUNED  # G_2%
@@ -139,6 +145,11 @@ def fine_pruned(threshold: float) -> ModelRow:
 def lipschitz(threshold: float | None = None, u: float | None = None) -> ModelRow:
     """``CLP_2%`` (u chosen for a 2-point budget) or ``CLP_u3`` (the paper's fixed u)."""
     return ModelRow(LIPSCHITZ, None if threshold is None else float(threshold), u=None if u is None else float(u))
+
+
+def adversarial(threshold: float) -> ModelRow:
+    """``ANP_2%``: ANP's masks pruned as far as a 2-point budget allows."""
+    return ModelRow(ADVERSARIAL, float(threshold))
 
 
 def goodnet_rows(thresholds: list[float]) -> list[ModelRow]:

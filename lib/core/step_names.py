@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING = "data", "activations", "pruning_sweep", "goodnet", "fine_pruning"
-CLP, STRIP = "clp", "strip"
-STEPS = (DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING, CLP, STRIP)
+CLP, STRIP, ANP = "clp", "strip", "anp"
+STEPS = (DATA, ACTIVATIONS, SWEEP, GOODNET, FINE_PRUNING, CLP, STRIP, ANP)
 
 
 def notebook_of(step: str) -> str:

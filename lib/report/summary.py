@@ -18,16 +18,18 @@ import pandas as pd
 from lib.core.atomic import write_text
 from lib.core.errors import InputError
 from lib.core.paths import results_root, shown
-from lib.core.step_names import CLP, FINE_PRUNING, GOODNET, STRIP, SWEEP
+from lib.core.step_names import ANP, CLP, FINE_PRUNING, GOODNET, STRIP, SWEEP
 from lib.report.tables import markdown_table, read_csv, write_csv
 from lib.runs import provenance
 from lib.runs.workspace import Workspace, rerun, workspace
 
 
-def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING, CLP)) -> pd.DataFrame:
-    """The rows of ``goodnet.csv``, ``fine_pruning.csv`` and ``clp.csv`` of one run, each checked to be its step's
-    current output."""
-    files = {GOODNET: ws.results.goodnet_csv, FINE_PRUNING: ws.results.fine_pruning_csv, CLP: ws.results.clp_csv}
+def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING, CLP, ANP)) -> pd.DataFrame:
+    """The rows of ``goodnet.csv``, ``fine_pruning.csv``, ``clp.csv`` and ``anp.csv`` of one run, each checked to
+    be its step's current output."""
+    results = ws.results
+    files = {GOODNET: results.goodnet_csv, FINE_PRUNING: results.fine_pruning_csv, CLP: results.clp_csv}
+    files[ANP] = results.anp_csv
     recorded = provenance.read_record(ws.results)
     tables = []
     for step in steps:
@@ -37,7 +39,7 @@ def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING, C
             raise InputError(
                 files[step],
                 "file not found",
-                f"run notebooks 01-07 with {ws.notebook_parameters} first (`make all {ws.make_target}`)",
+                f"run notebooks 01-08 with {ws.notebook_parameters} first (`make all {ws.make_target}`)",
             )
         provenance.require_current(ws.results, step, rerun(ws, step))
         tables.append(read_csv(files[step]))
@@ -88,8 +90,8 @@ def write_summary(datasets: Sequence[str], out: str | Path) -> pd.DataFrame:
 def where(ws: Workspace) -> str:
     """Where a run's results are and what its last steps found: the closing lines of ``make all``."""
     found = provenance.summaries(ws.results)
-    lines = [f"{shown(ws.results.root)}/: goodnet.md, fine_pruning.md, clp.md, detection.csv, figures/*.png"]
-    lines += [f"  {step}: {found[step]}" for step in (SWEEP, GOODNET, FINE_PRUNING, CLP, STRIP) if found.get(step)]
+    lines = [f"{shown(ws.results.root)}/: goodnet.md, fine_pruning.md, clp.md, anp.md, detection.csv, figures/*.png"]
+    lines += [f"  {step}: {found[step]}" for step in (SWEEP, GOODNET, FINE_PRUNING, CLP, STRIP, ANP) if found.get(step)]
     return "\n".join(lines)
 
 

@@ -65,6 +65,8 @@ FP_VS_PRUNED = f"fine-pruning against pruning alone ({rows.FINE_PRUNED} - {rows.
 FP_GOODNET = f"the GoodNet of fine-pruning ({rows.GOODNET_MARK}{rows.FINE_PRUNED} - {rows.FINE_PRUNED})"
 CLP_VS_PRUNED = f"CLP against activation pruning ({rows.LIPSCHITZ} - {rows.PRUNED})"
 CLP_VS_FP = f"CLP against fine-pruning ({rows.LIPSCHITZ} - {rows.FINE_PRUNED})"
+ANP_VS_PRUNED = f"ANP against activation pruning ({rows.ADVERSARIAL} - {rows.PRUNED})"
+ANP_VS_FP = f"ANP against fine-pruning ({rows.ADVERSARIAL} - {rows.FINE_PRUNED})"
 PRUNED_STEPS = f"a larger threshold, pruning alone ({rows.PRUNED})"
 FP_STEPS = f"a larger threshold, fine-pruning ({rows.FINE_PRUNED})"
 EXTRA = "asked by the study file"
@@ -90,6 +92,8 @@ def standard_pairs(thresholds: Sequence[float]) -> list[tuple[str, str, str]]:
         (FP_GOODNET, lambda t: (rows.fine_pruned(t).goodnet_of(), rows.fine_pruned(t))),
         (CLP_VS_PRUNED, lambda t: (rows.lipschitz(t), rows.pruned(t))),
         (CLP_VS_FP, lambda t: (rows.lipschitz(t), rows.fine_pruned(t))),
+        (ANP_VS_PRUNED, lambda t: (rows.adversarial(t), rows.pruned(t))),
+        (ANP_VS_FP, lambda t: (rows.adversarial(t), rows.fine_pruned(t))),
     ):
         pairs += [(question, *(m.name for m in make(t))) for t in ts]
     for question, make in ((PRUNED_STEPS, rows.pruned), (FP_STEPS, rows.fine_pruned)):
