@@ -151,12 +151,24 @@ def learn_masks(
     def noise(stream: int, i):  # one stateless draw per neuron layer, stream and iteration
         return {n: tf.random.stateless_uniform([sizes[n]], [seed, 3 * i + stream], -eps, eps) for n in names}
 
+    perturbed = settings.eps > 0
+
+    def step_masks(grads):  # SGD with momentum (PyTorch's: v = mu v + g, m -= lr v), clipped to [0, 1]
+        for n, g in zip(names, grads, strict=True):
+            velocity[n].assign(mu * velocity[n] + g)
+            masks[n].assign(tf.clip_by_value(masks[n] - lr * velocity[n], 0.0, 1.0))
+
     @tf.function(reduce_retracing=True)
     def run(start, count):
         for i in tf.range(start, start + count):
             pick = tf.random.stateless_uniform([batch], [seed, 3 * i], maxval=n_images, dtype=tf.int32)
             x, y = tf.gather(x_all, pick), tf.gather(y_all, pick)
             delta, xi = noise(1, i), noise(2, i)
+            if not perturbed:  # eps = 0: the masks learn from the natural loss alone, as in ANP's code
+                with tf.GradientTape() as tape:
+                    loss = alpha * loss_fn(y, forward(x, {n: masks[n] * 1.0 for n in names}, ones))
+                step_masks(tape.gradient(loss, [masks[n] for n in names]))
+                continue
             # One signed ascent step of the perturbation on the clean loss, kept within [-eps, eps].
             with tf.GradientTape() as tape:
                 tape.watch([*delta.values(), *xi.values()])
@@ -175,9 +187,7 @@ def learn_masks(
                     y, forward(x, {n: masks[n] + delta[n] for n in names}, {n: 1.0 + xi[n] for n in names})
                 )
                 loss = alpha * natural + (1.0 - alpha) * robust
-            for n, g in zip(names, tape.gradient(loss, [masks[n] for n in names]), strict=True):
-                velocity[n].assign(mu * velocity[n] + g)
-                masks[n].assign(tf.clip_by_value(masks[n] - lr * velocity[n], 0.0, 1.0))
+            step_masks(tape.gradient(loss, [masks[n] for n in names]))
 
     done = 0
     bar = tqdm(total=settings.iterations, desc="ANP: masks", disable=not progress, leave=False)
