@@ -13,8 +13,8 @@ own draw (how strong its backdoor is, how its fine-tuning went) cancels out of t
 * how many seeds put a below and above b (ties: neither), and the verdict of ``verdict``.
 
 The standard family, from the thresholds in the data: each B'_t - B, G_t - B'_t, FP_t - FT, FP_t - B'_t,
-GFP_t - FP_t, then each other defense at the same budget against both (CLP_t - B'_t, CLP_t - FP_t), then
-consecutive thresholds (B'_4% - B'_2%, ..., the same for FP), then the study file's own
+GFP_t - FP_t, then each other defense at the same budget against both (CLP_t - B'_t, CLP_t - FP_t, ANP_t - B'_t,
+ANP_t - FP_t), then consecutive thresholds (B'_4% - B'_2%, ..., the same for FP), then the study file's own
 pairs. With a grid, each model is also compared between consecutive values of each grid parameter (the others
 held), larger minus smaller: these rows hold a's value in the parameter's column and b's in ``<param>_b``. A
 model that no grid step changes in any seed (B, when the grid is a fine-tuning parameter) is left out there:
