@@ -458,3 +458,22 @@ def test_a_local_cluster_has_at_most_one_worker_per_gpu(monkeypatch):
 def test_the_gpus_a_process_may_use_follow_cuda_visible_devices(monkeypatch, visible, ids):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     assert machine.gpu_ids() == ids
+
+
+def test_a_defense_that_reached_no_budget_adds_no_rows_and_leaves_the_columns_numeric(tmp_path, monkeypatch):
+    """ANP on a small validation set may reach no budget: its anp.csv is the header alone. The run's rows are then
+    the other steps', with numeric columns, so that the study's paired statistics can compute on them."""
+    from lib.core.step_names import ANP, GOODNET
+    from lib.report import summary
+    from lib.runs.workspace import workspace
+
+    results = tmp_path / "results"
+    results.mkdir()
+    header = "model,threshold,channels_pruned,clean_accuracy,attack_success_rate\n"
+    (results / "goodnet.csv").write_text(header + "B,,0,100.0,99.5\nB'_2%,2.0,40,98.0,97.5\n")
+    (results / "anp.csv").write_text(header)
+    monkeypatch.setattr(summary.provenance, "read_record", lambda _: {GOODNET: None, ANP: None})
+    monkeypatch.setattr(summary.provenance, "require_current", lambda *_: None)
+    table = summary.model_rows(workspace("demo", tmp_path / "data", results), (GOODNET, ANP))
+    assert table["model"].tolist() == ["B", "B'_2%"]
+    assert all(pd.api.types.is_float_dtype(table[c]) for c in ("clean_accuracy", "attack_success_rate"))
