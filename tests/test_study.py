@@ -306,7 +306,11 @@ def test_the_aggregates_hold_every_model_of_every_run(local_study):
     runs, summary = pd.read_csv(files.runs_csv), pd.read_csv(files.summary_csv)
     assert {"B", "B'_2%", "G_2%", "FT", "GFT", "FP_2%", "GFP_2%"} <= set(runs["model"])
     assert (summary["n"] <= 2).all() and (summary.loc[summary["model"] == "B", "n"] == 2).all()
-    assert (summary["attack_success_rate_ci_low"] <= summary["attack_success_rate_mean"]).all()
+    one_seed = summary["n"] == 1  # a defense that reached no budget in one run (ANP on the tiny demo): no interval
+    assert summary.loc[one_seed, "attack_success_rate_ci_low"].isna().all()
+    assert (
+        summary.loc[~one_seed, "attack_success_rate_ci_low"] <= summary.loc[~one_seed, "attack_success_rate_mean"]
+    ).all()
     assert len(pd.read_csv(files.sweeps_csv)) == 2 * 61
     for name in ("thresholds", "sweeps", "pairs", "forest"):
         assert files.figure(name).stat().st_size > 10_000, name
