@@ -122,7 +122,7 @@ def test_raising_the_threshold_prunes_nested_sets_and_the_scan_stops_past_the_la
     assert (drops.iloc[:-1] <= 20).all() and (drops.iloc[-1] > 20 or len(scan) == len(values) + 1)
     assert scan["attack_success_rate"].isna().all(), "no triggered images given: NaN, as in sweep.csv"
     chosen = choose_within_budgets(scan, [10], n_clean=200)[10.0]
-    assert chosen is None or drops.iloc[chosen] <= 20
+    assert drops.iloc[chosen] <= 20 and (chosen == len(scan) - 1 or drops.iloc[chosen + 1] > 20)
 
 
 def test_anp_rows_are_named_and_filed_like_the_other_defenses():

@@ -60,8 +60,8 @@ def test_each_budget_keeps_the_largest_pruning_whose_drop_stays_within_it_counte
     # of 200 images the drop is 0, 1, 2.5, 0.5 and 15 points: 2 points are first exceeded at row 2, 4 at row 4
     assert choose_within_budgets(scan, [2, 4, 10], n_clean=200) == {2.0: 1, 4.0: 3, 10.0: 3}
     assert choose_within_budgets(scan, [2.5], n_clean=200) == {2.5: 3}, "a drop of exactly 2.5 points stays within 2.5"
-    assert choose_within_budgets(scan, [0.5], n_clean=200) == {0.5: None}, (
-        "exceeded by the first channel: no CLP_0.5% row"
+    assert choose_within_budgets(scan, [0.5], n_clean=200) == {0.5: 0}, (
+        "exceeded by the first channel: CLP_0.5% prunes nothing (the defender keeps B), its row is not left out"
     )
 
 

@@ -306,7 +306,7 @@ def test_the_aggregates_hold_every_model_of_every_run(local_study):
     runs, summary = pd.read_csv(files.runs_csv), pd.read_csv(files.summary_csv)
     assert {"B", "B'_2%", "G_2%", "FT", "GFT", "FP_2%", "GFP_2%"} <= set(runs["model"])
     assert (summary["n"] <= 2).all() and (summary.loc[summary["model"] == "B", "n"] == 2).all()
-    one_seed = summary["n"] == 1  # a defense that reached no budget in one run (ANP on the tiny demo): no interval
+    one_seed = summary["n"] == 1  # a model that one run lacks has no interval
     assert summary.loc[one_seed, "attack_success_rate_ci_low"].isna().all()
     assert (
         summary.loc[~one_seed, "attack_success_rate_ci_low"] <= summary.loc[~one_seed, "attack_success_rate_mean"]
@@ -464,9 +464,9 @@ def test_the_gpus_a_process_may_use_follow_cuda_visible_devices(monkeypatch, vis
     assert machine.gpu_ids() == ids
 
 
-def test_a_defense_that_reached_no_budget_adds_no_rows_and_leaves_the_columns_numeric(tmp_path, monkeypatch):
-    """ANP on a small validation set may reach no budget: its anp.csv is the header alone. The run's rows are then
-    the other steps', with numeric columns, so that the study's paired statistics can compute on them."""
+def test_a_defense_table_of_no_models_adds_no_rows_and_leaves_the_columns_numeric(tmp_path, monkeypatch):
+    """A defense's table of no models (anp.csv of a run without thresholds) is the header alone. The run's rows are
+    then the other steps', with numeric columns, so that the study's paired statistics can compute on them."""
     from lib.core.step_names import ANP, GOODNET
     from lib.report import summary
     from lib.runs.workspace import workspace

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -227,8 +228,11 @@ def test_the_standard_family_comes_from_the_thresholds_in_the_data(table):
         assert (rows.pruned(t).name, "B") in pairs and (rows.fine_pruned(t).name, "FT") in pairs
         assert (rows.pruned(t).goodnet_of().name, rows.pruned(t).name) in pairs
         assert (rows.fine_pruned(t).goodnet_of().name, rows.fine_pruned(t).name) in pairs
+    defenses = [d for d in (rows.lipschitz, rows.adversarial) if d(4).name in set(demo["model_a"])]
+    for t, defense in itertools.product((2, 4, 10), defenses):  # runs before notebooks 06 and 08 have neither
+        assert {(defense(t).name, rows.pruned(t).name), (defense(t).name, rows.fine_pruned(t).name)} <= pairs
     assert ("B'_4%", "B'_2%") in pairs and ("FP_10%", "FP_4%") in pairs and ("FP_10%", "FP_2%") in pairs  # extra
-    assert len(demo) == 5 * 3 + 2 * 2 + 1
+    assert len(demo) == (5 + 2 * len(defenses)) * 3 + 2 * 2 + 1
     assert (demo["p_holm"] >= demo["p_value"]).all()
 
 

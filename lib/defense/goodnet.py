@@ -103,7 +103,7 @@ def evaluation_table(
     """``goodnet.csv`` / ``fine_pruning.csv``: one row per model, test accuracy and ASR in percent.
 
     ``target_labels`` maps each trigger to the labels of its test set (empty when no poisoned data is
-    published: the ASR column is then NaN). No models (a defense that reached no budget): the columns alone.
+    published: the ASR column is then NaN). No models (a run without thresholds): the columns alone.
     """
     if not models:
         return pd.DataFrame(columns=["model", "threshold", "channels_pruned", "clean_accuracy", "attack_success_rate"])

@@ -2,8 +2,9 @@
 
 A ranking's cut points give nested plans (layer -> neurons to zero). ``scan_plans`` measures each on clean
 validation data until the accuracy has dropped by more than the largest budget; ``choose_within_budgets`` keeps,
-per budget t, the largest pruning whose drop stays within t points (B'_t% is the lab's other rule, the first
-model whose drop reaches t); ``evaluate_plans`` measures the kept plans on test data. Test data never chooses.
+per budget t, the largest pruning whose drop stays within t points, none at all if need be (B'_t% is the lab's
+other rule, the first model whose drop reaches t); ``evaluate_plans`` measures the kept plans on test data.
+Test data never chooses.
 """
 
 from __future__ import annotations
@@ -71,17 +72,18 @@ def scan_plans(
     return table
 
 
-def choose_within_budgets(scan: pd.DataFrame, thresholds: Sequence[float], n_clean: int) -> dict[float, int | None]:
+def choose_within_budgets(scan: pd.DataFrame, thresholds: Sequence[float], n_clean: int) -> dict[float, int]:
     """Per budget t, the row of ``scan`` kept: the last before the clean validation accuracy drop first exceeds
-    t points, so the largest pruning whose drop stays within t; None where the first step already exceeds it
-    (row 0 is B itself). On counts of the ``n_clean`` images, exactly: a drop of exactly t stays."""
+    t points, so the largest pruning whose drop stays within t. On counts of the ``n_clean`` images, exactly: a
+    drop of exactly t stays. Row 0 (nothing pruned: B itself) where the first pruning already exceeds t: that is
+    the defender's answer then, and a study must count it, not lose the run (only the runs where the defense
+    could prune would remain, and its paired contrasts would flatter it)."""
     correct = scan["clean_correct"].to_numpy()
-    chosen: dict[float, int | None] = {}
+    chosen: dict[float, int] = {}
     for t in thresholds:
         allowed = Fraction(str(t)) * n_clean / 100  # images that may be lost
         over = np.flatnonzero([int(correct[0]) - int(c) > allowed for c in correct])
-        last = (int(over[0]) - 1) if len(over) else len(scan) - 1
-        chosen[float(t)] = last if last > 0 else None
+        chosen[float(t)] = (int(over[0]) - 1) if len(over) else len(scan) - 1
     return chosen
 
 

@@ -43,7 +43,7 @@ def model_rows(ws: Workspace, steps: tuple[str, ...] = (GOODNET, FINE_PRUNING, C
             )
         provenance.require_current(ws.results, step, rerun(ws, step))
         table = read_csv(files[step])
-        if len(table):  # a defense that reached no budget writes its header alone: no rows, no object columns
+        if len(table):  # a defense table of no models (no thresholds) is its header alone: no rows, no object columns
             tables.append(table)
     return pd.concat(tables, ignore_index=True)
 

@@ -35,7 +35,7 @@ def record_anp(
     settings: AnpSettings,
     masks: pd.DataFrame,
     scan: pd.DataFrame,
-    chosen: dict[float, int | None],
+    chosen: dict[float, int],
     repaired: dict[ModelRow, keras.Model],
     evaluated: list[Evaluated],
     table: pd.DataFrame,

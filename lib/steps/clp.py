@@ -30,7 +30,7 @@ class ClpOutcome:
 def record_clp(
     scenario: Scenario,
     scan: pd.DataFrame,
-    chosen: dict[float, int | None],
+    chosen: dict[float, int],
     repaired: dict[ModelRow, keras.Model],
     evaluated: list[Evaluated],
     table: pd.DataFrame,

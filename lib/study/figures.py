@@ -21,23 +21,35 @@ from lib.study.contrasts import METRICS, NOT_SEPARATED, block_labels, contrast_l
 from lib.study.stats import INTERVAL_NAME, bounds, interval
 
 METRIC_LABELS = {"clean_accuracy": "clean accuracy (%)", "attack_success_rate": "attack success rate (%)"}
+#: The repairs of the threshold figure: each run's fine-pruning figure's (``plots.REPAIRS``), then the defenses
+#: that choose their own channels at the same budgets, from B (notebooks 06 and 08; older runs have neither).
+REPAIRS = (
+    *plots.REPAIRS,
+    ("CLP", rows.lipschitz, rows.badnet()),
+    ("ANP", rows.adversarial, rows.badnet()),
+)
 #: One colour and dash per repair, as in each run's fine-pruning figure: pruning blue, fine-pruning green, G dashed.
 STYLES = {
     "pruned B'": ("#1f77b4", ""),
     "GoodNet of B'": ("#1f77b4", (4, 2)),
     "fine-pruned FP": ("#2ca02c", ""),
     "GoodNet of FP": ("#2ca02c", (4, 2)),
+    "CLP": ("#ff7f0e", ""),
+    "ANP": ("#9467bd", ""),
 }
 
 
 def repair_points(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs.csv`` rearranged for the threshold figure: per repair (``plots.REPAIRS``) and run, one point per
-    threshold, the unpruned model (B, or FT for fine-pruning) at position 0, labelled "none"."""
+    """``runs.csv`` rearranged for the threshold figure: per repair (``REPAIRS``, those the runs have) and run,
+    one point per threshold, the unpruned model (B, or FT for fine-pruning) at position 0, labelled "none"."""
     thresholds = sorted(runs["threshold"].dropna().unique())
     ticks = ["none", *(f"{rows.format_threshold(t)} %" for t in thresholds)]
     points = []
-    for label, at_t, at_zero in plots.REPAIRS:
-        names = {at_zero.name: 0, **{at_t(t).name: i + 1 for i, t in enumerate(thresholds)}}
+    for label, at_t, at_zero in REPAIRS:
+        at = {at_t(t).name: i + 1 for i, t in enumerate(thresholds)}
+        if not runs["model"].isin(at).any():
+            continue
+        names = {at_zero.name: 0, **at}
         chosen = runs[runs["model"].isin(names)]
         points.append(chosen.assign(repair=label, position=chosen["model"].map(names)))
     long = pd.concat(points, ignore_index=True).melt(
@@ -61,12 +73,13 @@ def panels(runs: pd.DataFrame, grid: Sequence[str] = ()) -> list[tuple[str, pd.D
 
 def threshold_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
     """Test accuracy (top) and ASR (bottom) against the pruning threshold, per dataset (and grid point: columns),
-    for B', FP and their GoodNets: mean over seeds with interval bands."""
+    for B', FP, their GoodNets, CLP and ANP: mean over seeds with interval bands."""
     columns = panels(runs, grid)
     fig = Figure(figsize=(5.5 * len(columns), 7))
     axes = fig.subplots(2, len(columns), sharex=True, squeeze=False)
     for col, (title, part) in enumerate(columns):
         long = repair_points(part)
+        shown = [r for r in STYLES if r in set(long["repair"])]
         for row, metric in enumerate(METRIC_LABELS):
             ax = axes[row, col]
             data = long[long["metric"] == metric]
@@ -76,10 +89,10 @@ def threshold_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
                 y="percent",
                 hue="repair",
                 style="repair",
-                hue_order=list(STYLES),
-                style_order=list(STYLES),
-                palette={k: c for k, (c, _) in STYLES.items()},
-                dashes={k: d for k, (_, d) in STYLES.items()},
+                hue_order=shown,
+                style_order=shown,
+                palette={k: STYLES[k][0] for k in shown},
+                dashes={k: STYLES[k][1] for k in shown},
                 markers=True,
                 errorbar=bounds,
                 err_kws={"alpha": 0.15},
@@ -94,7 +107,7 @@ def threshold_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
             ax.set_xlabel("pruned until validation accuracy dropped by" if row == 1 else "")
             if row == 0:
                 ax.set_title(f"{title} ({part['seed'].nunique()} seeds)")
-    fig.suptitle(f"Pruning vs fine-pruning on test data: mean and {INTERVAL_NAME}", fontsize=10)
+    fig.suptitle(f"The repairs at each budget on test data: mean and {INTERVAL_NAME}", fontsize=10)
     sns.despine(fig)
     fig.tight_layout()
     return fig
@@ -134,19 +147,19 @@ def sweep_figure(sweeps: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
 
 def pairs_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
     """Per dataset (and grid point: columns), accuracy (top) and ASR (bottom) of B, each B' (thresholds
-    ascending), FT and each FP: each seed's models joined by one thin line (one colour per seed), and in black
-    each model's mean over the seeds with its interval. A contrast's verdict asks whether the lines of the
-    seeds fall between its two models the same way."""
-    columns = panels(runs, grid)
-    fig = Figure(figsize=(max(5.5, 1.6 + 0.5 * runs["model"].nunique()) * len(columns), 7.5))
+    ascending), FT, each FP, each CLP and each ANP (where the runs have them): each seed's models joined by one
+    thin line (one colour per seed), and in black each model's mean over the seeds with its interval. A
+    contrast's verdict asks whether the lines of the seeds fall between its two models the same way."""
+    columns = [(title, part, _pairs_order(part)) for title, part in panels(runs, grid)]
+    width = max(5.5, 1.6 + 0.5 * max(len(order) for _, _, order in columns))
+    fig = Figure(figsize=(width * len(columns), 7.5))
     axes = fig.subplots(2, len(columns), squeeze=False)
-    for col, (title, part) in enumerate(columns):
-        thresholds = sorted(part["threshold"].dropna().unique())
-        chain = [rows.badnet(), *map(rows.pruned, thresholds), rows.fine_tuned(), *map(rows.fine_pruned, thresholds)]
-        order = [m.name for m in chain if m.name in set(part["model"])]
+    for col, (title, part, order) in enumerate(columns):
         seeds = sorted(part["seed"].unique())
         colors = sns.color_palette("husl", len(seeds))
         x = np.arange(len(order))
+        own_choice = [o for o in order if rows.parse_row(o).kind in _OWN_CHOICE]
+        separators = [m for m in (rows.fine_tuned().name, *own_choice[:1]) if m in order]  # dotted lines before
         for row, metric in enumerate(METRIC_LABELS):
             ax = axes[row, col]
             wide = part.pivot(index="seed", columns="model", values=metric).reindex(index=seeds, columns=order)
@@ -155,8 +168,8 @@ def pairs_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
             intervals = [interval(wide[m]) for m in order]
             ax.vlines(x, [i.low for i in intervals], [i.high for i in intervals], color="black", lw=2, zorder=3)
             ax.plot(x, [i.mean for i in intervals], "_", color="black", ms=16, mew=2, zorder=3)
-            if rows.fine_tuned().name in order:
-                ax.axvline(order.index(rows.fine_tuned().name) - 0.5, color="0.7", ls=":", lw=1)
+            for first in separators:
+                ax.axvline(order.index(first) - 0.5, color="0.7", ls=":", lw=1)
             ax.set_xticks(x, order if row == 1 else [], rotation=45 if len(order) > 6 else 0)
             ax.set_ylabel(METRIC_LABELS[metric] if col == 0 else "")
             if metric == "attack_success_rate":
@@ -169,6 +182,23 @@ def pairs_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
     sns.despine(fig)
     fig.tight_layout()
     return fig
+
+
+#: The kinds of the defenses that choose their own channels (after B' and FP in the pairs figure).
+_OWN_CHOICE = (rows.LIPSCHITZ, rows.ADVERSARIAL)
+
+
+def _pairs_order(part: pd.DataFrame) -> list[str]:
+    """The models of the pairs figure that these runs have: B, each B', FT, each FP, CLP and ANP, thresholds
+    ascending within each."""
+    thresholds = sorted(part["threshold"].dropna().unique())
+    chain = [
+        rows.badnet(),
+        *map(rows.pruned, thresholds),
+        rows.fine_tuned(),
+        *(defense(t) for defense in (rows.fine_pruned, rows.lipschitz, rows.adversarial) for t in thresholds),
+    ]
+    return [m.name for m in chain if m.name in set(part["model"])]
 
 
 #: The forest figure's colour per verdict (a - b): lower blue, higher red, not separated grey.
