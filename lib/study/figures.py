@@ -21,13 +21,11 @@ from lib.study.contrasts import METRICS, NOT_SEPARATED, block_labels, contrast_l
 from lib.study.stats import INTERVAL_NAME, bounds, interval
 
 METRIC_LABELS = {"clean_accuracy": "clean accuracy (%)", "attack_success_rate": "attack success rate (%)"}
-#: The repairs of the threshold figure: each run's fine-pruning figure's (``plots.REPAIRS``), then the defenses
-#: that choose their own channels at the same budgets, from B (notebooks 06 and 08; older runs have neither).
-REPAIRS = (
-    *plots.REPAIRS,
-    ("CLP", rows.lipschitz, rows.badnet()),
-    ("ANP", rows.adversarial, rows.badnet()),
-)
+#: The defenses that choose their own channels at B's budgets (notebooks 06 and 08; older runs have neither).
+OWN_CHOICE = {"CLP": rows.lipschitz, "ANP": rows.adversarial}
+#: The repairs of the threshold figure: each run's fine-pruning figure's (``plots.REPAIRS``), then ``OWN_CHOICE``,
+#: each from B.
+REPAIRS = (*plots.REPAIRS, *((label, defense, rows.badnet()) for label, defense in OWN_CHOICE.items()))
 #: One colour and dash per repair, as in each run's fine-pruning figure: pruning blue, fine-pruning green, G dashed.
 STYLES = {
     "pruned B'": ("#1f77b4", ""),
@@ -79,7 +77,8 @@ def threshold_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
     axes = fig.subplots(2, len(columns), sharex=True, squeeze=False)
     for col, (title, part) in enumerate(columns):
         long = repair_points(part)
-        shown = [r for r in STYLES if r in set(long["repair"])]
+        present = set(long["repair"])
+        shown = [r for r in STYLES if r in present]
         for row, metric in enumerate(METRIC_LABELS):
             ax = axes[row, col]
             data = long[long["metric"] == metric]
@@ -158,7 +157,8 @@ def pairs_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
         seeds = sorted(part["seed"].unique())
         colors = sns.color_palette("husl", len(seeds))
         x = np.arange(len(order))
-        own_choice = [o for o in order if rows.parse_row(o).kind in _OWN_CHOICE]
+        own_kinds = {defense(1).kind for defense in OWN_CHOICE.values()}
+        own_choice = [o for o in order if rows.parse_row(o).kind in own_kinds]
         separators = [m for m in (rows.fine_tuned().name, *own_choice[:1]) if m in order]  # dotted lines before
         for row, metric in enumerate(METRIC_LABELS):
             ax = axes[row, col]
@@ -184,21 +184,18 @@ def pairs_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
     return fig
 
 
-#: The kinds of the defenses that choose their own channels (after B' and FP in the pairs figure).
-_OWN_CHOICE = (rows.LIPSCHITZ, rows.ADVERSARIAL)
-
-
 def _pairs_order(part: pd.DataFrame) -> list[str]:
-    """The models of the pairs figure that these runs have: B, each B', FT, each FP, CLP and ANP, thresholds
-    ascending within each."""
+    """The models of the pairs figure that these runs have: B, each B', FT, each FP, then each of ``OWN_CHOICE``,
+    thresholds ascending within each."""
     thresholds = sorted(part["threshold"].dropna().unique())
     chain = [
         rows.badnet(),
         *map(rows.pruned, thresholds),
         rows.fine_tuned(),
-        *(defense(t) for defense in (rows.fine_pruned, rows.lipschitz, rows.adversarial) for t in thresholds),
+        *(defense(t) for defense in (rows.fine_pruned, *OWN_CHOICE.values()) for t in thresholds),
     ]
-    return [m.name for m in chain if m.name in set(part["model"])]
+    present = set(part["model"])
+    return [m.name for m in chain if m.name in present]
 
 
 #: The forest figure's colour per verdict (a - b): lower blue, higher red, not separated grey.
