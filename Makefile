@@ -5,6 +5,7 @@
 #   make csaw-all                 the four CSAW-HackML-2020 competition BadNets, then results/csaw-summary.md
 #   make verify                   rerun the default pipeline from scratch elsewhere and compare with the committed results
 #   make study STUDY=demo-seeds   a multi-seed study (studies/<name>.yaml) on a local Dask cluster
+#   make study STUDY=demo-seeds DATASETS=demo   only some of its datasets; the others' committed rows are kept
 #   make demo-rebuild DATASET=demo  train a new demo BadNet on this machine and publish it (data/published/)
 #   make test / make test-fast    the whole test suite / the unit tests only; make lint: ruff
 #   make bench                    the sweep benchmark on the real CSAW weights
@@ -87,7 +88,7 @@ verify: setup
 	@$(PY) -m lib.verify $(if $(IN_PLACE),--in-place)
 
 study: setup
-	@$(PY) -m lib.study run studies/$(STUDY).yaml $(if $(WORKERS),--workers $(WORKERS))
+	@$(PY) -m lib.study run studies/$(STUDY).yaml $(if $(WORKERS),--workers $(WORKERS)) $(if $(DATASETS),--datasets $(DATASETS))
 
 # --- environment: .venv from the pinned versions of constraints.txt, created on first use -----------------------------
 setup: $(VENV)/.installed

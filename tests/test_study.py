@@ -109,6 +109,16 @@ def test_a_missing_study_file_names_the_studies_there(tmp_path):
         load_spec(tmp_path / "nothing.yaml")
 
 
+def test_a_part_of_the_study_runs_only_its_datasets_and_keeps_the_others(tmp_path):
+    whole = load_spec(write_spec(tmp_path, TINY.replace("datasets: [demo]", "datasets: [demo, demo-pruning-aware]")))
+    part = whole.part(["demo-pruning-aware"])
+    assert [r.name for r in part.runs()] == ["demo-pruning-aware-seed1", "demo-pruning-aware-seed2"]
+    assert part.kept == ("demo",) and whole.kept == () and len(whole.runs()) == 4
+    for wrong in (["demo-pruning"], []):
+        with pytest.raises(InputError, match=r"--datasets.*name some of demo, demo-pruning-aware"):
+            whole.part(wrong)
+
+
 def test_each_run_gets_its_seed_folders_and_only_the_parameters_its_notebooks_have(tmp_path):
     spec = load_spec(write_spec(tmp_path, TINY.replace("[demo]", "[demo, csaw-lab3]")))
     demo, lab = spec.runs()[1], spec.runs()[2]
@@ -341,6 +351,37 @@ def test_the_committed_aggregates_alone_give_the_same_summary(local_study, tmp_p
     pd.testing.assert_frame_equal(from_files.summary, from_runs.summary)
     pd.testing.assert_frame_equal(from_files.contrasts, from_runs.contrasts)
     pd.testing.assert_frame_equal(from_files.detection_contrasts, from_runs.detection_contrasts)
+
+
+@pytest.mark.slow
+def test_a_part_keeps_the_committed_rows_of_the_datasets_it_does_not_run(local_study, tmp_path, monkeypatch):
+    """The tiny study with a second dataset, run in parts: summarizing the `demo` part (its runs are there) keeps
+    the committed rows of the other dataset, after `demo`'s in the file's order, and summarizes both."""
+    monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(local_study.results))
+    whole = load_spec(write_spec(tmp_path, TINY.replace("datasets: [demo]", "datasets: [demo, demo-pruning-aware]")))
+    files = local_study.files
+    committed = {name: pd.read_csv(files.root / name) for name in ("runs.csv", "sweeps.csv", "detection.csv")}
+    other = {name: t.assign(dataset="demo-pruning-aware") for name, t in committed.items()}
+    other["runs.csv"]["clean_accuracy"] -= 1.0  # told apart from the runs' own rows
+    saved = {name: (files.root / name).read_bytes() for name in committed}
+    try:
+        for name, table in committed.items():
+            pd.concat([table, other[name]]).to_csv(files.root / name, index=False)
+        part = summarize(whole.part(["demo"]))
+        alone = summarize(load_spec(local_study.spec))
+    finally:
+        for name, data in saved.items():
+            (files.root / name).write_bytes(data)
+    assert part.source == "runs" and list(part.runs["dataset"].unique()) == ["demo", "demo-pruning-aware"]
+    numbers = ["dataset", "seed", "model", "clean_accuracy", "attack_success_rate"]
+    kept = part.runs[part.runs["dataset"] == "demo-pruning-aware"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept[numbers], other["runs.csv"][numbers].reset_index(drop=True))
+    ran = part.runs[part.runs["dataset"] == "demo"]
+    pd.testing.assert_frame_equal(ran[numbers].reset_index(drop=True), alone.runs[numbers].reset_index(drop=True))
+    assert len(part.sweeps) == 2 * len(alone.sweeps) and len(part.detection) == 2 * len(alone.detection)
+    b = part.summary.set_index(["dataset", "model"]).loc[:, "clean_accuracy_mean"]
+    assert b[("demo-pruning-aware", "B")] == pytest.approx(b[("demo", "B")] - 1.0)
+    assert set(part.contrasts["dataset"]) == {"demo", "demo-pruning-aware"}
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
-"""``python -m lib.study run STUDY [--scheduler ADDRESS] [--workers N]`` and ``summarize STUDY``.
+"""``python -m lib.study run STUDY [--datasets D,..] [--scheduler ADDRESS] [--workers N]`` and ``summarize STUDY``.
 
 ``run`` executes every run with a step out of date (none: nothing runs, nothing is written), then writes the
-aggregates whose content changed; ``summarize`` only writes the aggregates from the runs' folders. Exit
+aggregates whose content changed; ``summarize`` only writes the aggregates from the runs' folders. With
+``--datasets``, both do so for those datasets of the study only and keep the other datasets' committed rows
+(``lib.study.spec.StudySpec.part``): a long study is finished one part at a time. Exit
 status 0 when every run is complete, 1 when some run failed (one line each, with the cell that failed),
 2 for a bad study file or option, 130 when interrupted (the same command resumes).
 """
@@ -32,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a running Dask scheduler, e.g. tcp://HOST:8786 (default: $DASK_SCHEDULER_ADDRESS, else a local cluster)",
     )
     parser.add_argument("--workers", type=int, help="local cluster: worker processes (default: sized to the machine)")
+    parser.add_argument(
+        "--datasets",
+        metavar="D,..",
+        help="run and summarize only these datasets of the study; the others' committed rows are kept",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from lib.study.aggregate import summarize
@@ -39,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         spec = load_spec(args.spec)
+        if args.datasets is not None:
+            spec = spec.part([d.strip() for d in args.datasets.split(",") if d.strip()])
         failed = 0
         if args.command == "run":
             outcome = run_study(spec, args.scheduler, args.workers)
@@ -55,8 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: finished runs are kept; the same command resumes", file=sys.stderr)
         return 130
     written = ", ".join(p.name for p in summary.written) or "nothing changed"
-    complete = len(summary.runs.groupby(["dataset", "seed", *spec.grid]))
-    print(f"summary of {complete} of {len(spec.runs())} runs in {shown(spec.root)}/ (written: {written})")
+    ran = summary.runs[~summary.runs["dataset"].isin(spec.kept)]
+    complete = len(ran.groupby(["dataset", "seed", *spec.grid]))
+    kept = f"; the committed rows of {', '.join(spec.kept)} kept" if spec.kept else ""
+    print(f"summary of {complete} of {len(spec.runs())} runs{kept} in {shown(spec.root)}/ (written: {written})")
     return 1 if failed else 0
 
 

@@ -17,7 +17,8 @@ Files under ``results/studies/<name>/`` (committed; the runs themselves are not)
 
 A file is written only when its content changes. The tables come from the runs' folders when their results
 are complete for the study file; where no run is (a fresh clone), from the committed ``runs.csv`` and
-``sweeps.csv``.
+``sweeps.csv``. A study run in parts (``--datasets``) takes the datasets it runs from their runs' folders and
+keeps the other datasets' rows of the committed files as they are.
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
     """The study's tables and figures; with ``write``, the aggregate files whose content changed.
 
     From the run folders where any run is complete (the others are listed as missing), else from the
-    committed ``runs.csv``/``sweeps.csv``. Files are never rewritten from themselves.
+    committed ``runs.csv``/``sweeps.csv``; a ``part`` of the study keeps the other datasets' committed rows.
+    Files are never rewritten from themselves.
     """
     from lib.study.figures import forest_figure, pairs_figure, sweep_figure, threshold_figure
 
@@ -235,7 +237,7 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
     complete = [r for r in all_runs if is_complete(spec, r)]
     missing = [r.name for r in all_runs if r not in complete]
     if complete:
-        runs, sweeps, detection = run_table(spec, complete)
+        runs, sweeps, detection = _with_kept(spec, files, run_table(spec, complete))
         source = "runs"
     elif files.runs_csv.is_file() and files.sweeps_csv.is_file():
         runs, sweeps = read_csv(files.runs_csv), read_csv(files.sweeps_csv)
@@ -266,6 +268,22 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
     if write and source == "runs":
         result.written = _write(files, spec, result)
     return result
+
+
+def _with_kept(spec: StudySpec, files: StudyFiles, tables: tuple[pd.DataFrame, ...]) -> tuple[pd.DataFrame, ...]:
+    """``runs``, ``sweeps`` and ``detection`` of the part's runs (``StudySpec.part``), with the committed rows of
+    the datasets it keeps, in the study file's order of datasets; the tables as they are for the whole study."""
+    if not spec.kept:
+        return tables
+    order = {d: i for i, d in enumerate(spec.datasets)}
+    merged = []
+    for table, path in zip(tables, (files.runs_csv, files.sweeps_csv, files.detection_csv), strict=True):
+        committed = read_csv(path) if path.is_file() else table.iloc[:0]
+        kept = committed[committed["dataset"].isin(spec.kept)]
+        if len(kept):
+            table = pd.concat([table, kept[table.columns]], ignore_index=True)
+        merged.append(table.sort_values("dataset", key=lambda d: d.map(order), kind="stable", ignore_index=True))
+    return tuple(merged)
 
 
 def _write(files: StudyFiles, spec: StudySpec, result: StudySummary) -> list[Path]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,26 @@ class StudySpec:
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     #: ``(model_a, model_b)`` pairs compared beside the standard family (``lib.study.contrasts``).
     contrasts: tuple[tuple[str, str], ...] = ()
+    #: The datasets this invocation runs (``--datasets``, ``part``); empty: all of them.
+    only: tuple[str, ...] = ()
+
+    def part(self, datasets: Sequence[str]) -> StudySpec:
+        """The study run in parts, some datasets at a time: ``runs`` are those of ``datasets``, and the
+        aggregates keep the committed rows of the others (``kept``) as they are. A study too long for one
+        sitting, or whose datasets live on different machines, is finished part by part."""
+        unknown = [d for d in datasets if d not in self.datasets]
+        if unknown or not datasets:
+            raise InputError(
+                "--datasets",
+                f"{unknown[0]!r} is not a dataset of the study {self.name}" if unknown else "names no dataset",
+                f"name some of {', '.join(self.datasets)}, separated by commas",
+            )
+        return replace(self, only=tuple(d for d in self.datasets if d in datasets))
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        """The datasets whose committed aggregate rows this invocation keeps, not running them."""
+        return tuple(d for d in self.datasets if self.only and d not in self.only)
 
     @property
     def root(self) -> Path:
@@ -145,9 +166,10 @@ class StudySpec:
         return [tuple(zip(names, values, strict=True)) for values in itertools.product(*self.grid.values())]
 
     def runs(self) -> list[Run]:
-        """Every run: dataset by dataset, then seed by seed, then grid point by grid point, in the file's order."""
+        """Every run (of the ``part``): dataset by dataset, seed by seed, grid point by grid point, in file order."""
         points = self.grid_points()
-        return [Run(self.name, d, s, self.root, g) for d in self.datasets for s in self.seeds for g in points]
+        datasets = [d for d in self.datasets if d not in self.kept]
+        return [Run(self.name, d, s, self.root, g) for d in datasets for s in self.seeds for g in points]
 
     def notebook_parameters(self, run: Run, step: str) -> dict[str, Any]:
         """What ``run``'s notebook of ``step`` is given: the run's dataset, folders and seed, and the study's
