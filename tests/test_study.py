@@ -355,8 +355,9 @@ def test_the_committed_aggregates_alone_give_the_same_summary(local_study, tmp_p
 
 @pytest.mark.slow
 def test_a_part_keeps_the_committed_rows_of_the_datasets_it_does_not_run(local_study, tmp_path, monkeypatch):
-    """The tiny study with a second dataset, run in parts: summarizing the `demo` part (its runs are there) keeps
-    the committed rows of the other dataset, after `demo`'s in the file's order, and summarizes both."""
+    """The tiny study with a second dataset, run in parts: summarizing the `demo` part (its runs are there), or the
+    whole study, keeps the committed rows of the other dataset, after `demo`'s in the file's order, and
+    summarizes both."""
     monkeypatch.setenv("BACKDOOR_RESULTS_ROOT", str(local_study.results))
     whole = load_spec(write_spec(tmp_path, TINY.replace("datasets: [demo]", "datasets: [demo, demo-pruning-aware]")))
     files = local_study.files
@@ -368,11 +369,13 @@ def test_a_part_keeps_the_committed_rows_of_the_datasets_it_does_not_run(local_s
         for name, table in committed.items():
             pd.concat([table, other[name]]).to_csv(files.root / name, index=False)
         part = summarize(whole.part(["demo"]))
+        unparted = summarize(whole)  # no run of demo-pruning-aware here: its rows are kept all the same
         alone = summarize(load_spec(local_study.spec))
     finally:
         for name, data in saved.items():
             (files.root / name).write_bytes(data)
     assert part.source == "runs" and list(part.runs["dataset"].unique()) == ["demo", "demo-pruning-aware"]
+    assert part.kept == unparted.kept == ("demo-pruning-aware",) and part.runs.equals(unparted.runs)
     numbers = ["dataset", "seed", "model", "clean_accuracy", "attack_success_rate"]
     kept = part.runs[part.runs["dataset"] == "demo-pruning-aware"].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept[numbers], other["runs.csv"][numbers].reset_index(drop=True))

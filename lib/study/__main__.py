@@ -64,9 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: finished runs are kept; the same command resumes", file=sys.stderr)
         return 130
     written = ", ".join(p.name for p in summary.written) or "nothing changed"
-    ran = summary.runs[~summary.runs["dataset"].isin(spec.kept)]
+    ran = summary.runs[~summary.runs["dataset"].isin(summary.kept)]
     complete = len(ran.groupby(["dataset", "seed", *spec.grid]))
-    kept = f"; the committed rows of {', '.join(spec.kept)} kept" if spec.kept else ""
+    kept = f"; the committed rows of {', '.join(summary.kept)} kept" if summary.kept else ""
     print(f"summary of {complete} of {len(spec.runs())} runs{kept} in {shown(spec.root)}/ (written: {written})")
     return 1 if failed else 0
 

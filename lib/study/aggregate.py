@@ -17,8 +17,8 @@ Files under ``results/studies/<name>/`` (committed; the runs themselves are not)
 
 A file is written only when its content changes. The tables come from the runs' folders when their results
 are complete for the study file; where no run is (a fresh clone), from the committed ``runs.csv`` and
-``sweeps.csv``. A study run in parts (``--datasets``) takes the datasets it runs from their runs' folders and
-keeps the other datasets' rows of the committed files as they are.
+``sweeps.csv``. A study run in parts (``--datasets``) takes the datasets it ran from their runs' folders and
+keeps the rows of the others, which have no complete run here, as the committed files have them.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class StudySummary:
     figures: dict[str, Figure]
     missing: list[str] = field(default_factory=list)  # runs of the file without complete results
     source: str = "runs"  # "runs": the run folders; "files": the committed runs.csv and sweeps.csv
+    kept: tuple[str, ...] = ()  # datasets whose committed rows were kept: no complete run of theirs was read
     written: list[Path] = field(default_factory=list)  # files whose content changed and were written now
 
 
@@ -227,7 +228,8 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
     """The study's tables and figures; with ``write``, the aggregate files whose content changed.
 
     From the run folders where any run is complete (the others are listed as missing), else from the
-    committed ``runs.csv``/``sweeps.csv``; a ``part`` of the study keeps the other datasets' committed rows.
+    committed ``runs.csv``/``sweeps.csv``. A dataset with no complete run here (another ``part`` of the study)
+    keeps its committed rows.
     Files are never rewritten from themselves.
     """
     from lib.study.figures import forest_figure, pairs_figure, sweep_figure, threshold_figure
@@ -236,8 +238,10 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
     all_runs = spec.runs()
     complete = [r for r in all_runs if is_complete(spec, r)]
     missing = [r.name for r in all_runs if r not in complete]
+    kept: tuple[str, ...] = ()
     if complete:
-        runs, sweeps, detection = _with_kept(spec, files, run_table(spec, complete))
+        kept = tuple(d for d in spec.datasets if d not in {r.dataset for r in complete})
+        runs, sweeps, detection = _with_kept(spec, files, kept, run_table(spec, complete))
         source = "runs"
     elif files.runs_csv.is_file() and files.sweeps_csv.is_file():
         runs, sweeps = read_csv(files.runs_csv), read_csv(files.sweeps_csv)
@@ -263,25 +267,28 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
         "forest": forest_figure(contrasts),
     }
     result = StudySummary(
-        spec, runs, sweeps, summary, contrasts, detection, detection_contrasts, figures, missing, source
+        spec, runs, sweeps, summary, contrasts, detection, detection_contrasts, figures, missing, source, kept
     )
     if write and source == "runs":
         result.written = _write(files, spec, result)
     return result
 
 
-def _with_kept(spec: StudySpec, files: StudyFiles, tables: tuple[pd.DataFrame, ...]) -> tuple[pd.DataFrame, ...]:
-    """``runs``, ``sweeps`` and ``detection`` of the part's runs (``StudySpec.part``), with the committed rows of
-    the datasets it keeps, in the study file's order of datasets; the tables as they are for the whole study."""
-    if not spec.kept:
+def _with_kept(
+    spec: StudySpec, files: StudyFiles, kept: Sequence[str], tables: tuple[pd.DataFrame, ...]
+) -> tuple[pd.DataFrame, ...]:
+    """``runs``, ``sweeps`` and ``detection`` of the complete runs, with the committed rows of the datasets in
+    ``kept`` (those of another part of the study, and those with no complete run here), in the study file's
+    order of datasets: summarizing one part never drops another's rows."""
+    if not kept:
         return tables
     order = {d: i for i, d in enumerate(spec.datasets)}
     merged = []
     for table, path in zip(tables, (files.runs_csv, files.sweeps_csv, files.detection_csv), strict=True):
         committed = read_csv(path) if path.is_file() else table.iloc[:0]
-        kept = committed[committed["dataset"].isin(spec.kept)]
-        if len(kept):
-            table = pd.concat([table, kept[table.columns]], ignore_index=True)
+        rows = committed[committed["dataset"].isin(kept)]
+        if len(rows):
+            table = pd.concat([table, rows[table.columns]], ignore_index=True)
         merged.append(table.sort_values("dataset", key=lambda d: d.map(order), kind="stable", ignore_index=True))
     return tuple(merged)
 
