@@ -30,6 +30,7 @@ from lib.study import engine
 from lib.study.aggregate import RUN_COLUMNS, summarize, summary_table
 from lib.study.contrasts import contrast_table
 from lib.study.engine import jobs_for
+from lib.study.figures import threshold_figure
 from lib.study.reading import read_study
 from lib.study.runner import RunReport, SharedKernel, execute, gpu_env, pinned_env
 from lib.study.spec import load_spec, step_notebook
@@ -117,6 +118,15 @@ def test_a_part_of_the_study_runs_only_its_datasets_and_keeps_the_others(tmp_pat
     for wrong in (["demo-pruning"], []):
         with pytest.raises(InputError, match=r"--datasets.*name some of demo, demo-pruning-aware"):
             whole.part(wrong)
+
+
+def test_the_threshold_figure_names_the_repairs_of_every_dataset_in_one_legend():
+    """A dataset without CLP's rows (a part of the study run before notebook 06) must not hide CLP's line."""
+    runs = pd.read_csv(PROJECT_ROOT / "tests" / "data" / "demo-seeds-10-seeds-runs.csv")
+    b_prime = runs[(runs["dataset"] == "demo") & runs["model"].str.startswith("B'_")]
+    runs = pd.concat([runs, b_prime.assign(model=b_prime["model"].str.replace("B'_", "CLP_"))], ignore_index=True)
+    legends = [ax.get_legend() for ax in threshold_figure(runs).axes if ax.get_legend() is not None]
+    assert len(legends) == 1 and "CLP" in [t.get_text() for t in legends[0].get_texts()]
 
 
 def test_each_run_gets_its_seed_folders_and_only_the_parameters_its_notebooks_have(tmp_path):

@@ -75,8 +75,10 @@ def threshold_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
     columns = panels(runs, grid)
     fig = Figure(figsize=(5.5 * len(columns), 7))
     axes = fig.subplots(2, len(columns), sharex=True, squeeze=False)
-    for col, (title, part) in enumerate(columns):
-        long = repair_points(part)
+    longs = [repair_points(part) for _, part in columns]
+    # the legend of the panel with the most repairs (a dataset may lack some: a part of a study not yet run)
+    keyed = max(range(len(columns)), key=lambda c: (longs[c]["repair"].nunique(), c))
+    for col, ((title, part), long) in enumerate(zip(columns, longs, strict=True)):
         present = set(long["repair"])
         shown = [r for r in STYLES if r in present]
         for row, metric in enumerate(METRIC_LABELS):
@@ -96,10 +98,12 @@ def threshold_figure(runs: pd.DataFrame, grid: Sequence[str] = ()) -> Figure:
                 errorbar=bounds,
                 err_kws={"alpha": 0.15},
                 ax=ax,
-                legend=row == 0 and col == len(columns) - 1,
+                legend=row == 0 and col == keyed,
             )
-            if ax.get_legend() is not None:
-                sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
+            if (legend := ax.get_legend()) is not None:  # moved beside the last column, where it has room
+                handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+                legend.remove()
+                axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
             ax.set_ylim(-2, 104)
             ax.set_ylabel(METRIC_LABELS[metric] if col == 0 else "")
             ax.set_xticks(range(len(long.attrs["ticks"])), long.attrs["ticks"])
