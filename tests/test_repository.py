@@ -212,12 +212,16 @@ def _study_summary():
 
 
 def test_readme_study_table_quotes_the_study_summary():
-    """Each cell `mean [low, high]` of the README's study table is its row of summary.csv, rounded."""
+    """Each cell `mean [low, high]` of the README's study table is its row of summary.csv, rounded; `—` where the
+    study has no such row (a part of the study not yet run: the text says which)."""
     summary = _study_summary().set_index(["dataset", "model"])
     rows = _table_rows(_block("study:demo-seeds"))
     assert rows, "no table between the markers"
     for model, *cells in rows:
         for dataset, pair in zip(("demo", "demo-pruning-aware"), (cells[:2], cells[2:]), strict=True):
+            if (dataset, model) not in summary.index:
+                assert pair == ["—", "—"], (dataset, model)
+                continue
             row = summary.loc[(dataset, model)]
             for metric, cell in zip(("clean_accuracy", "attack_success_rate"), pair, strict=True):
                 expected = (
@@ -294,6 +298,41 @@ def test_every_interval_the_readme_quotes_is_in_a_study_summary():
     assert not [q for q in quoted if q not in known], "intervals that are not in summary.csv"
     bare = re.findall(r"\d+\.\d %(?! \[)", prose)
     assert bare == [], "percentages without their interval"
+
+
+#: "ANP_2% pruned nothing in 13 of 20 `demo` seeds and in 8 of 20 `demo-pruning-aware` seeds", "STRIP's AUC is below
+#: 0.5 in 3 of 20 `demo` seeds ...": counts of seeds the demo section states, each of a condition on runs.csv or
+#: detection.csv of demo-seeds.
+_IN_SEEDS = r"in (\d+) of (\d+) `([\w-]+)` seeds"
+SEED_COUNT = re.compile(
+    rf"({_MODEL} pruned nothing|STRIP's AUC is below 0\.5) {_IN_SEEDS}((?: and {_IN_SEEDS.replace('(', '(?:')})*)"
+)
+
+
+def _seeds_where(subject: str) -> dict[str, tuple[int, int]]:
+    """Per dataset: (seeds where the subject holds, seeds that have its row)."""
+    if subject.startswith("STRIP"):
+        rows = _study_file("demo-seeds", "detection.csv")
+        rows = rows[rows["detector"] == "STRIP"]
+        holds = rows["AUC"] < 0.5
+    else:
+        model = subject.removesuffix(" pruned nothing")
+        rows = _study_file("demo-seeds", "runs.csv")
+        rows = rows[rows["model"] == model]
+        holds = rows["channels_pruned"] == 0
+    return {d: (int(holds[rows["dataset"] == d].sum()), int((rows["dataset"] == d).sum())) for d in rows["dataset"]}
+
+
+def test_every_count_of_seeds_the_readme_states_is_the_studys():
+    """Each "X pruned nothing in k of n `dataset` seeds" (and STRIP's AUC below 0.5) of the demo section is the count
+    in the committed study: a defense that failed in some seeds is said so, with the number that did."""
+    phrases = SEED_COUNT.findall(_demo_section())
+    assert phrases, "the demo section states no count of seeds"
+    for subject, *first, rest in phrases:
+        stated = [first, *re.findall(_IN_SEEDS, rest)]
+        actual = _seeds_where(subject)
+        for k, n, dataset in stated:
+            assert actual.get(dataset) == (int(k), int(n)), (subject, dataset, actual.get(dataset))
 
 
 def test_readme_what_is_where_names_files_that_exist():
