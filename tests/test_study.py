@@ -114,7 +114,7 @@ def test_a_part_of_the_study_runs_only_its_datasets_and_keeps_the_others(tmp_pat
     whole = load_spec(write_spec(tmp_path, TINY.replace("datasets: [demo]", "datasets: [demo, demo-pruning-aware]")))
     part = whole.part(["demo-pruning-aware"])
     assert [r.name for r in part.runs()] == ["demo-pruning-aware-seed1", "demo-pruning-aware-seed2"]
-    assert part.kept == ("demo",) and whole.kept == () and len(whole.runs()) == 4
+    assert part.only == ("demo-pruning-aware",) and whole.only == () and len(whole.runs()) == 4
     for wrong in (["demo-pruning"], []):
         with pytest.raises(InputError, match=r"--datasets.*name some of demo, demo-pruning-aware"):
             whole.part(wrong)

@@ -229,8 +229,7 @@ def summarize(spec: StudySpec, write: bool = False) -> StudySummary:
 
     From the run folders where any run is complete (the others are listed as missing), else from the
     committed ``runs.csv``/``sweeps.csv``. A dataset with no complete run here (another ``part`` of the study)
-    keeps its committed rows.
-    Files are never rewritten from themselves.
+    keeps its committed rows. Files are never rewritten from themselves.
     """
     from lib.study.figures import forest_figure, pairs_figure, sweep_figure, threshold_figure
 

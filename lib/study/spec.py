@@ -140,8 +140,8 @@ class StudySpec:
 
     def part(self, datasets: Sequence[str]) -> StudySpec:
         """The study run in parts, some datasets at a time: ``runs`` are those of ``datasets``, and the
-        aggregates keep the committed rows of the others (``kept``) as they are. A study too long for one
-        sitting, or whose datasets live on different machines, is finished part by part."""
+        aggregates keep the committed rows of the others as they are (``lib.study.aggregate.summarize``). A
+        study too long for one sitting, or whose datasets live on different machines, is finished part by part."""
         unknown = [d for d in datasets if d not in self.datasets]
         if unknown or not datasets:
             raise InputError(
@@ -150,11 +150,6 @@ class StudySpec:
                 f"name some of {', '.join(self.datasets)}, separated by commas",
             )
         return replace(self, only=tuple(d for d in self.datasets if d in datasets))
-
-    @property
-    def kept(self) -> tuple[str, ...]:
-        """The datasets whose committed aggregate rows this invocation keeps, not running them."""
-        return tuple(d for d in self.datasets if self.only and d not in self.only)
 
     @property
     def root(self) -> Path:
@@ -167,8 +162,7 @@ class StudySpec:
 
     def runs(self) -> list[Run]:
         """Every run (of the ``part``): dataset by dataset, seed by seed, grid point by grid point, in file order."""
-        points = self.grid_points()
-        datasets = [d for d in self.datasets if d not in self.kept]
+        points, datasets = self.grid_points(), self.only or self.datasets
         return [Run(self.name, d, s, self.root, g) for d in datasets for s in self.seeds for g in points]
 
     def notebook_parameters(self, run: Run, step: str) -> dict[str, Any]:
