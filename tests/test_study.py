@@ -27,7 +27,7 @@ from lib.core.step_names import DATA, STEPS
 from lib.runs import machine
 from lib.runs import notebook as run_notebook
 from lib.study import engine
-from lib.study.aggregate import RUN_COLUMNS, summarize, summary_table
+from lib.study.aggregate import RUN_COLUMNS, summarize, summary_markdown, summary_table
 from lib.study.contrasts import contrast_table
 from lib.study.engine import jobs_for
 from lib.study.figures import threshold_figure
@@ -115,6 +115,8 @@ def test_a_part_of_the_study_runs_only_its_datasets_and_keeps_the_others(tmp_pat
     part = whole.part(["demo-pruning-aware"])
     assert [r.name for r in part.runs()] == ["demo-pruning-aware-seed1", "demo-pruning-aware-seed2"]
     assert part.only == ("demo-pruning-aware",) and whole.only == () and len(whole.runs()) == 4
+    runs = pd.read_csv(PROJECT_ROOT / "tests" / "data" / "demo-seeds-10-seeds-runs.csv")
+    assert "of 4 runs" in summary_markdown(part, summary_table(runs), runs).splitlines()[0], "the whole study's runs"
     for wrong in (["demo-pruning"], []):
         with pytest.raises(InputError, match=r"--datasets.*name some of demo, demo-pruning-aware"):
             whole.part(wrong)

@@ -203,7 +203,7 @@ def summary_markdown(spec: StudySpec, summary: pd.DataFrame, runs: pd.DataFrame)
     n_runs = len(runs.groupby(["dataset", "seed", *spec.grid]))
     threads = ", ".join(dict.fromkeys(runs["threads"].astype(str)))
     head = (
-        f"# Study `{spec.name}`: {n_runs} of {len(spec.runs())} runs "
+        f"# Study `{spec.name}`: {n_runs} of {len(spec.datasets) * len(spec.seeds) * len(spec.grid_points())} runs "
         f"({len(spec.datasets)} dataset(s) x {len(spec.seeds)} seeds{_points(spec)})\n\n"
         f"Test data, percent: the mean over the seeds and its {INTERVAL_NAME} ({INTERVAL_DESCRIPTION}). "
         "`n` counts the runs that have the model (a threshold that never fired leaves no B'); channels pruned "
