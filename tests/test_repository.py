@@ -320,7 +320,8 @@ def _seeds_where(subject: str) -> dict[str, tuple[int, int]]:
         rows = _study_file("demo-seeds", "runs.csv")
         rows = rows[rows["model"] == model]
         holds = rows["channels_pruned"] == 0
-    return {d: (int(holds[rows["dataset"] == d].sum()), int((rows["dataset"] == d).sum())) for d in rows["dataset"]}
+    counts = holds.groupby(rows["dataset"]).agg(["sum", "size"])
+    return {d: (int(k), int(n)) for d, (k, n) in counts.iterrows()}
 
 
 def test_every_count_of_seeds_the_readme_states_is_the_studys():

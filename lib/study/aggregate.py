@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -203,7 +203,7 @@ def summary_markdown(spec: StudySpec, summary: pd.DataFrame, runs: pd.DataFrame)
     n_runs = len(runs.groupby(["dataset", "seed", *spec.grid]))
     threads = ", ".join(dict.fromkeys(runs["threads"].astype(str)))
     head = (
-        f"# Study `{spec.name}`: {n_runs} of {len(spec.datasets) * len(spec.seeds) * len(spec.grid_points())} runs "
+        f"# Study `{spec.name}`: {n_runs} of {len(replace(spec, only=()).runs())} runs "
         f"({len(spec.datasets)} dataset(s) x {len(spec.seeds)} seeds{_points(spec)})\n\n"
         f"Test data, percent: the mean over the seeds and its {INTERVAL_NAME} ({INTERVAL_DESCRIPTION}). "
         "`n` counts the runs that have the model (a threshold that never fired leaves no B'); channels pruned "
