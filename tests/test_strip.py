@@ -7,6 +7,7 @@ import itertools
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import smooth_images
 
@@ -20,6 +21,7 @@ from lib.eval import classify
 from lib.network.architecture import build_deepid
 from lib.network.models import predict_classes
 from lib.network.pruning import prune_channels
+from lib.report.tables import write_csv
 
 N = 5
 
@@ -160,3 +162,15 @@ def test_the_score_table_names_every_image_once():
     expected = [("valid", "clean", 4), ("valid", "clean", 9), *(("test", "clean", i) for i in range(3))]
     expected += [("test", "sunglasses", 0), ("test", "sunglasses", 1)]
     assert list(table[["split", "set", "index"]].itertuples(index=False, name=None)) == expected
+
+
+def test_the_scores_read_back_flag_what_the_threshold_flags(tmp_path):
+    """strip_scores.csv read back and compared with detection.csv's threshold flags exactly the images the float32
+    entropies flag: 0.36313420534 (a float32) is written in its shortest float32 decimals as 0.3631342, which
+    reads back below itself, so the threshold's own image would look flagged."""
+    calibration = np.array([0.3631342053413391, 0.5, 0.7, 0.9], np.float32)
+    threshold = strip.threshold_at_frr(calibration, 1)
+    table = strip.score_table(np.arange(4), calibration, calibration[1:], {"sunglasses": calibration[:2]})
+    read = pd.read_csv(write_csv(table, tmp_path / "strip_scores.csv"))
+    np.testing.assert_array_equal(read["entropy"] < threshold, table["entropy"].to_numpy(np.float32) < threshold)
+    assert not (read.loc[read["split"] == "valid", "entropy"] < threshold).any()

@@ -176,9 +176,17 @@ def score_table(
     calibration: np.ndarray, valid: np.ndarray, clean: np.ndarray, triggered: dict[str, np.ndarray]
 ) -> pd.DataFrame:
     """strip_scores.csv: ``split, set, index, entropy`` for every image scored: the calibration images of the
-    validation set (``index`` into it), then the clean and each trigger's test images."""
+    validation set (``index`` into it), then the clean and each trigger's test images.
+
+    The float32 entropies are widened to float64 (exactly) before they are written: a float32 column is written
+    in its shortest decimals, which read back as a float64 a little off the value, so the threshold's own image
+    (``threshold_at_frr``, written to detection.csv in full) could read as below it and look flagged."""
     parts = [("valid", "clean", np.asarray(calibration), valid), ("test", "clean", np.arange(len(clean)), clean)]
     parts += [("test", name, np.arange(len(h)), h) for name, h in triggered.items()]
     return pd.concat(
-        [pd.DataFrame({"split": s, "set": t, "index": i, "entropy": h}) for s, t, i, h in parts], ignore_index=True
+        [
+            pd.DataFrame({"split": s, "set": t, "index": i, "entropy": np.asarray(h, np.float64)})
+            for s, t, i, h in parts
+        ],
+        ignore_index=True,
     )
